@@ -1,0 +1,81 @@
+use thiserror::Error;
+
+/// Errors of storage: opening stores, reading and writing keys, decoding
+/// zarr and OCDBT data, and the commit protocol.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A URL or path that names no supported store.
+    #[error("invalid store location {location:?}: {reason}")]
+    InvalidLocation {
+        /// The URL or path as given.
+        location: String,
+        /// What is wrong with it and what is accepted.
+        reason: String,
+    },
+    /// A key that is absent from the store.
+    #[error("{key} not found in {store}")]
+    NotFound {
+        /// The store, as its URL.
+        store: String,
+        /// The missing key.
+        key: String,
+    },
+    /// A key that would leave the store's directory (`..`, absolute, empty segment).
+    #[error("invalid key {key:?}: keys are relative paths without \"..\", \".\" or empty segments")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+    },
+    /// A create-only write to a key that already exists.
+    #[error("{key} already exists in {store}")]
+    AlreadyExists {
+        /// The store, as its URL.
+        store: String,
+        /// The existing key.
+        key: String,
+    },
+    /// An I/O failure of the backend.
+    #[error("{operation} {key} in {store} failed")]
+    Io {
+        /// The operation: read, write, list, delete or rename.
+        operation: &'static str,
+        /// The store, as its URL.
+        store: String,
+        /// The key or prefix involved.
+        key: String,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Stored data that does not decode: corrupt, truncated or of an unknown format.
+    #[error("corrupt data in {key}: {reason}")]
+    Corrupt {
+        /// The key or file holding the data.
+        key: String,
+        /// What is wrong, with the values expected and found.
+        reason: String,
+    },
+    /// A checkpoint directory that exists but was never committed.
+    #[error("checkpoint {path} is not committed: {reason}; it may be a save in progress or one that failed, so restore another checkpoint or save again")]
+    NotCommitted {
+        /// The checkpoint directory.
+        path: String,
+        /// Why it does not count as committed.
+        reason: String,
+    },
+    /// An operation that the store's backend does not support.
+    #[error("{store} does not support {operation}")]
+    Unsupported {
+        /// The store, as its URL.
+        store: String,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// An error of the core model, such as an invalid dtype or shape in metadata.
+    #[error(transparent)]
+    Core(#[from] ckpt_core::CoreError),
+}
+
+/// A `Result` with [`StorageError`].
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
