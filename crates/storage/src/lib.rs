@@ -10,11 +10,13 @@
 mod backend;
 mod error;
 mod key;
+mod kvstore;
 mod store;
 
 pub use crate::{
     backend::{Backend, Capabilities},
     error::{Result, StorageError},
     key::validate_key,
+    kvstore::KvStore,
     store::Store,
 };
