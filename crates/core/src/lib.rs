@@ -26,6 +26,7 @@
 //! ```
 
 mod dtype;
+mod element;
 mod error;
 mod index_box;
 mod region;
@@ -33,6 +34,7 @@ mod shape;
 
 pub use crate::{
     dtype::DType,
+    element::Element,
     error::CoreError,
     index_box::{BoxIndices, ChunkGrid, IndexBox},
     region::copy_region,
