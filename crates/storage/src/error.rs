@@ -22,7 +22,9 @@ pub enum StorageError {
         key: String,
     },
     /// A key that would leave the store's directory (`..`, absolute, empty segment).
-    #[error("invalid key {key:?}: keys are relative paths without \"..\", \".\" or empty segments")]
+    #[error(
+        "invalid key {key:?}: keys are relative paths without \"..\", \".\" or empty segments"
+    )]
     InvalidKey {
         /// The key as given.
         key: String,
@@ -67,6 +69,52 @@ pub enum StorageError {
     /// An operation that the store's backend does not support.
     #[error("{store} does not support {operation}")]
     Unsupported {
+        /// The store, as its URL.
+        store: String,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// A byte range whose start lies after its end or that reaches past the end of an object.
+    #[error("invalid byte range {start}..{end} of {key} in {store}: the object has {size} bytes")]
+    InvalidRange {
+        /// The store, as its URL.
+        store: String,
+        /// The key read.
+        key: String,
+        /// First byte requested.
+        start: u64,
+        /// One past the last byte requested.
+        end: u64,
+        /// Size of the object in bytes.
+        size: u64,
+    },
+    /// A metadata document that is malformed, or valid but names a feature ckpt does not support.
+    #[error("invalid metadata in {key}: {reason}")]
+    InvalidMetadata {
+        /// The key or file holding the document.
+        key: String,
+        /// What is wrong, with the value found and what is accepted.
+        reason: String,
+    },
+    /// A region of an array that an operation cannot use as given.
+    #[error("invalid region {region} for array {array}: {reason}")]
+    InvalidRegion {
+        /// The array, as its key prefix.
+        array: String,
+        /// The region, in slice notation.
+        region: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A committed checkpoint that a save would replace.
+    #[error("checkpoint {path} already exists: save under another name, delete it first, or set the overwrite option")]
+    CheckpointExists {
+        /// The checkpoint directory.
+        path: String,
+    },
+    /// A blocking storage call made from a thread that runs a tokio runtime.
+    #[error("{operation} on {store} was called from inside a tokio runtime, where it would block a worker thread: call it from a plain thread or through tokio::task::spawn_blocking")]
+    InsideAsyncRuntime {
         /// The store, as its URL.
         store: String,
         /// The operation.

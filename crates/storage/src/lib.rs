@@ -8,9 +8,13 @@
 //! meshes.
 
 mod backend;
+#[cfg(test)]
+mod conformance;
 mod error;
 mod key;
 mod kvstore;
+mod local;
+mod object;
 mod store;
 
 pub use crate::{
@@ -18,5 +22,7 @@ pub use crate::{
     error::{Result, StorageError},
     key::validate_key,
     kvstore::KvStore,
+    local::LocalBackend,
+    object::ObjectStoreBackend,
     store::Store,
 };
