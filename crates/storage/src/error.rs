@@ -106,6 +106,16 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A chunk index outside an array's grid of chunks, or of the wrong rank.
+    #[error("chunk index {index:?} is outside the chunk grid {grid:?} of array {array}")]
+    InvalidChunkIndex {
+        /// The array, as its key prefix.
+        array: String,
+        /// The chunk index given.
+        index: Vec<u64>,
+        /// The number of chunks along each dimension.
+        grid: Vec<u64>,
+    },
     /// A committed checkpoint that a save would replace.
     #[error("checkpoint {path} already exists: save under another name, delete it first, or set the overwrite option")]
     CheckpointExists {

@@ -15,7 +15,9 @@ mod key;
 mod kvstore;
 mod local;
 mod object;
+mod open;
 mod store;
+mod zarr;
 
 pub use crate::{
     backend::{Backend, Capabilities},
@@ -24,5 +26,7 @@ pub use crate::{
     kvstore::KvStore,
     local::LocalBackend,
     object::ObjectStoreBackend,
+    open::open_store,
     store::Store,
+    zarr::{MissingChunks, ZarrArray, ZarrCompressor, ZarrV2Metadata, MAX_ZARRAY_BYTES},
 };

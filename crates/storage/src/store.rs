@@ -42,13 +42,7 @@ impl Store {
 
     /// The store's location as a URL, for messages.
     pub fn url(&self) -> String {
-        let root = self.backend.url();
-        let root = root.trim_end_matches('/');
-        if self.prefix.is_empty() {
-            root.to_owned()
-        } else {
-            format!("{root}/{}", self.prefix.trim_end_matches('/'))
-        }
+        join_url(&self.backend.url(), &self.prefix)
     }
 
     /// The local directory of this store, when the backend is a local filesystem.
@@ -146,8 +140,41 @@ impl Store {
     }
 }
 
+/// Joins a store URL and a key with one `/`, keeping the `//` of a bare
+/// `scheme://` root such as `memory://`.
+pub(crate) fn join_url(root: &str, key: &str) -> String {
+    let root = if root.ends_with("://") {
+        root
+    } else {
+        root.trim_end_matches('/')
+    };
+    let key = key.trim_matches('/');
+    if key.is_empty() {
+        root.to_owned()
+    } else {
+        format!("{root}/{key}")
+    }
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store").field("url", &self.url()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_joins_prefix() {
+        assert_eq!(join_url("file:///data/", "a/b/"), "file:///data/a/b");
+        assert_eq!(join_url("file:///data", ""), "file:///data");
+    }
+
+    #[test]
+    fn url_keeps_bare_scheme_root() {
+        assert_eq!(join_url("memory://", ""), "memory://");
+        assert_eq!(join_url("memory://", "a/"), "memory:///a");
     }
 }

@@ -1,0 +1,241 @@
+//! Encoding and decoding of stored zarr v2 chunks.
+
+use std::io::{self, Read};
+
+use bytes::Bytes;
+
+use crate::{store::join_url, Result, StorageError, ZarrCompressor};
+
+/// Encodes the bytes of a full chunk for storage.
+///
+/// zstd writes one frame that records the decompressed size in its header,
+/// as TensorStore does for Orbax.
+pub(crate) fn encode_chunk(
+    compressor: Option<ZarrCompressor>,
+    chunk: &[u8],
+    store: &str,
+    key: &str,
+) -> Result<Bytes> {
+    match compressor {
+        None => Ok(Bytes::copy_from_slice(chunk)),
+        Some(ZarrCompressor::Zstd { level }) => zstd::bulk::compress(chunk, level)
+            .map(Bytes::from)
+            .map_err(|source| StorageError::Io {
+                operation: "compress",
+                store: store.to_owned(),
+                key: key.to_owned(),
+                source: Box::new(source),
+            }),
+    }
+}
+
+/// Decodes a stored chunk, which must hold exactly `expected` bytes once decompressed.
+///
+/// The output buffer is sized from `expected`, never from the size a zstd
+/// frame declares, and decompression stops one byte past `expected`, so a
+/// corrupt or hostile frame cannot make it allocate more.
+pub(crate) fn decode_chunk(
+    compressor: Option<ZarrCompressor>,
+    stored: Bytes,
+    expected: usize,
+    store: &str,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        key: join_url(store, key),
+        reason,
+    };
+    match compressor {
+        None if stored.len() == expected => Ok(Vec::from(stored)),
+        None => Err(corrupt(format!(
+            "the chunk has {} bytes, expected {expected} for its shape and dtype",
+            stored.len()
+        ))),
+        Some(ZarrCompressor::Zstd { .. }) => {
+            let mut chunk = allocate_chunk(expected, store, key)?;
+            let filled = decompress_into(&stored, &mut chunk)
+                .map_err(|error| corrupt(format!("invalid zstd data: {error}")))?;
+            match filled {
+                Filled::Exactly => Ok(chunk),
+                Filled::Short(found) => Err(corrupt(format!(
+                    "the chunk decompresses to {found} bytes, expected {expected} for its shape and dtype"
+                ))),
+                Filled::Over => Err(corrupt(format!(
+                    "the chunk decompresses to more than {expected} bytes, expected {expected} for its shape and dtype"
+                ))),
+            }
+        }
+    }
+}
+
+/// Allocates a zeroed chunk buffer, returning an error instead of aborting when memory is short.
+pub(crate) fn allocate_chunk(len: usize, store: &str, key: &str) -> Result<Vec<u8>> {
+    let mut chunk = Vec::new();
+    chunk.try_reserve_exact(len).map_err(|_| StorageError::Io {
+        operation: "allocate a buffer for",
+        store: store.to_owned(),
+        key: key.to_owned(),
+        source: Box::new(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot allocate {len} bytes for one chunk"),
+        )),
+    })?;
+    chunk.resize(len, 0);
+    Ok(chunk)
+}
+
+/// How much of a buffer a decompressed stream filled.
+enum Filled {
+    /// The stream ended exactly at the end of the buffer.
+    Exactly,
+    /// The stream ended after this many bytes, before the end of the buffer.
+    Short(usize),
+    /// The stream has more data than the buffer holds.
+    Over,
+}
+
+fn decompress_into(stored: &[u8], out: &mut [u8]) -> io::Result<Filled> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(stored)?;
+    let mut filled = 0;
+    while filled < out.len() {
+        match decoder.read(&mut out[filled..]) {
+            Ok(0) => return Ok(Filled::Short(filled)),
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        match decoder.read(&mut probe) {
+            Ok(0) => return Ok(Filled::Exactly),
+            Ok(_) => return Ok(Filled::Over),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZSTD: Option<ZarrCompressor> = Some(ZarrCompressor::Zstd { level: 1 });
+
+    fn corrupt_reason(result: Result<Vec<u8>>) -> String {
+        match result {
+            Err(StorageError::Corrupt { key, reason }) => {
+                assert_eq!(key, "mem/x/0.0");
+                reason
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zstd_round_trip() {
+        let chunk: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();
+        let stored = encode_chunk(ZSTD, &chunk, "mem", "x/0.0").unwrap();
+        assert!(stored.len() < chunk.len());
+        assert_eq!(
+            decode_chunk(ZSTD, stored, 1000, "mem", "x/0.0").unwrap(),
+            chunk
+        );
+    }
+
+    #[test]
+    fn zstd_header_has_content_size() {
+        let stored = encode_chunk(ZSTD, &[7u8; 300], "mem", "x/0.0").unwrap();
+        let size = zstd::zstd_safe::get_frame_content_size(&stored).unwrap();
+        assert_eq!(size, Some(300));
+    }
+
+    #[test]
+    fn raw_round_trip() {
+        let stored = encode_chunk(None, &[1, 2, 3], "mem", "x/0.0").unwrap();
+        assert_eq!(&stored[..], [1, 2, 3]);
+        assert_eq!(
+            decode_chunk(None, stored, 3, "mem", "x/0.0").unwrap(),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn raw_short_chunk_is_corrupt() {
+        let reason = corrupt_reason(decode_chunk(
+            None,
+            Bytes::from_static(&[1, 2]),
+            3,
+            "mem",
+            "x/0.0",
+        ));
+        assert!(reason.contains("has 2 bytes, expected 3"), "{reason}");
+    }
+
+    #[test]
+    fn raw_long_chunk_is_corrupt() {
+        let reason = corrupt_reason(decode_chunk(
+            None,
+            Bytes::from_static(&[1, 2, 3, 4]),
+            3,
+            "mem",
+            "x/0.0",
+        ));
+        assert!(reason.contains("has 4 bytes, expected 3"), "{reason}");
+    }
+
+    #[test]
+    fn zstd_short_content_is_corrupt() {
+        let stored = encode_chunk(ZSTD, &[5u8; 10], "mem", "x/0.0").unwrap();
+        let reason = corrupt_reason(decode_chunk(ZSTD, stored, 12, "mem", "x/0.0"));
+        assert!(
+            reason.contains("decompresses to 10 bytes, expected 12"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn zstd_long_content_is_corrupt() {
+        let stored = encode_chunk(ZSTD, &[5u8; 13], "mem", "x/0.0").unwrap();
+        let reason = corrupt_reason(decode_chunk(ZSTD, stored, 12, "mem", "x/0.0"));
+        assert!(
+            reason.contains("more than 12 bytes, expected 12"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn zstd_truncated_frame_is_corrupt() {
+        let chunk: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 251) as u8).collect();
+        let stored = encode_chunk(ZSTD, &chunk, "mem", "x/0.0").unwrap();
+        let truncated = stored.slice(..stored.len() / 2);
+        let reason = corrupt_reason(decode_chunk(ZSTD, truncated, 4096, "mem", "x/0.0"));
+        assert!(
+            reason.contains("zstd") || reason.contains("decompresses to"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn zstd_garbage_is_corrupt() {
+        let reason = corrupt_reason(decode_chunk(
+            ZSTD,
+            Bytes::from_static(b"not zstd"),
+            8,
+            "mem",
+            "x/0.0",
+        ));
+        assert!(reason.contains("invalid zstd data"), "{reason}");
+    }
+
+    #[test]
+    fn declared_size_is_not_trusted() {
+        // A frame that declares and holds 64 MiB of zeros, read as a 16-byte chunk:
+        // decoding stops after 17 bytes instead of inflating it all.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
+        let declared = zstd::zstd_safe::get_frame_content_size(&bomb).unwrap();
+        assert_eq!(declared, Some(64 << 20));
+        let reason = corrupt_reason(decode_chunk(ZSTD, Bytes::from(bomb), 16, "mem", "x/0.0"));
+        assert!(reason.contains("more than 16 bytes"), "{reason}");
+    }
+}
