@@ -93,7 +93,7 @@ pub enum StorageError {
     InvalidMetadata {
         /// The key or file holding the document.
         key: String,
-        /// What is wrong, with the value found and what is accepted.
+        /// The problem, with the value found and the values accepted.
         reason: String,
     },
     /// A region of an array that an operation cannot use as given.
@@ -103,7 +103,7 @@ pub enum StorageError {
         array: String,
         /// The region, in slice notation.
         region: String,
-        /// What is wrong with it.
+        /// The problem with the region.
         reason: String,
     },
     /// A chunk index outside an array's grid of chunks, or of the wrong rank.
@@ -115,6 +115,14 @@ pub enum StorageError {
         index: Vec<u64>,
         /// The number of chunks along each dimension.
         grid: Vec<u64>,
+    },
+    /// A checkpoint name that a save cannot use.
+    #[error("invalid checkpoint name {name:?}: {reason}")]
+    InvalidCheckpointName {
+        /// The name as given.
+        name: String,
+        /// The problem with the name.
+        reason: String,
     },
     /// A committed checkpoint that a save would replace.
     #[error("checkpoint {path} already exists: save under another name, delete it first, or set the overwrite option")]

@@ -6,8 +6,58 @@
 //! directory inside a backend. Array drivers read and write index boxes of
 //! arrays as zarr chunks in a store; this crate knows nothing of devices or
 //! meshes.
+//!
+//! - [`open_store`] opens a local directory ([`LocalBackend`]) or an
+//!   in-memory store ([`ObjectStoreBackend`]) from a path or URL.
+//! - [`ZarrArray`] reads and writes index boxes of a zarr v2 array in any
+//!   [`KvStore`], with the `.zarray` documents and zstd chunks Orbax writes.
+//! - [`PendingCheckpoint`] writes a checkpoint directory and commits it.
+//!   Where the backend renames directories atomically, it writes into
+//!   `<name>.orbax-checkpoint-tmp` and renames it; elsewhere it writes
+//!   `commit_success.txt` last. [`open_committed`] and [`list_committed`]
+//!   return committed checkpoints only.
+//!
+//! Backend methods block. Chunk encoding and region copies then run on the
+//! caller's threads, one per host or device, with no async runtime in that
+//! path; backends over async clients drive them on a runtime of their own.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use ckpt_core::{DType, IndexBox};
+//! use ckpt_storage::{open_store, PendingCheckpoint, ZarrArray, ZarrCompressor, ZarrV2Metadata};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let root = open_store(dir.path().to_str().ok_or("temporary path is not UTF-8")?)?;
+//!
+//! // Save a 4x6 float32 array in 2x3 chunks into a checkpoint named "ckpt".
+//! let pending = PendingCheckpoint::begin(&root, "ckpt")?;
+//! let zstd = Some(ZarrCompressor::Zstd { level: 1 });
+//! let metadata = ZarrV2Metadata::new(vec![4, 6], vec![2, 3], DType::Float32, zstd)?;
+//! let array = ZarrArray::create(Arc::new(pending.store().clone()), "params.w", metadata)?;
+//! let values: Vec<u8> = (0..24u8).flat_map(|i| f32::from(i).to_le_bytes()).collect();
+//! array.write_region(&IndexBox::full(&[4, 6]), &values)?;
+//! let checkpoint = pending.commit()?;
+//!
+//! // Read rows 1..3 and columns 2..5, which span four chunks.
+//! let array = ZarrArray::open(Arc::new(checkpoint), "params.w")?;
+//! let region = IndexBox::new(vec![1, 2], vec![3, 5])?;
+//! let mut bytes = vec![0u8; 2 * 3 * 4];
+//! array.read_region(&region, &mut bytes)?;
+//! let read: Vec<f32> = bytes
+//!     .chunks_exact(4)
+//!     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+//!     .collect();
+//! assert_eq!(read, [8.0, 9.0, 10.0, 14.0, 15.0, 16.0]);
+//! # Ok(())
+//! # }
+//! ```
 
 mod backend;
+mod commit;
 #[cfg(test)]
 mod conformance;
 mod error;
@@ -21,6 +71,11 @@ mod zarr;
 
 pub use crate::{
     backend::{Backend, Capabilities},
+    commit::{
+        list_committed, open_committed, CheckpointMetadata, CommitOptions, ItemHandlers,
+        PendingCheckpoint, CHECKPOINT_METADATA_FILE, COMMIT_SUCCESS_FILE,
+        MAX_CHECKPOINT_METADATA_BYTES, TMP_SUFFIX,
+    },
     error::{Result, StorageError},
     key::validate_key,
     kvstore::KvStore,

@@ -36,16 +36,17 @@ impl LocalBackend {
     /// The root is made absolute and symbolic links in it are resolved, so
     /// the backend's URL and [`Backend::local_root`] name the real directory.
     pub fn new(root: impl AsRef<Path>) -> Result<LocalBackend> {
-        let given = root.as_ref();
-        let display = given.display().to_string();
+        let requested = root.as_ref();
+        let display = requested.display().to_string();
         let io_error = |operation, source| StorageError::Io {
             operation,
             store: display.clone(),
             key: String::new(),
             source: Box::new(source),
         };
-        fs::create_dir_all(given).map_err(|source| io_error("create directory", source))?;
-        let root = fs::canonicalize(given).map_err(|source| io_error("resolve path", source))?;
+        fs::create_dir_all(requested).map_err(|source| io_error("create directory", source))?;
+        let root =
+            fs::canonicalize(requested).map_err(|source| io_error("resolve path", source))?;
         let url = url::Url::from_directory_path(&root)
             .map(|url| url.as_str().trim_end_matches('/').to_owned())
             .unwrap_or_else(|()| root.display().to_string());
@@ -65,13 +66,13 @@ impl LocalBackend {
         self
     }
 
-    /// The path of `key`, after checking that the key stays inside the root.
+    /// Returns the path of `key`, after checking that the key stays inside the root.
     fn path_of(&self, key: &str) -> Result<PathBuf> {
         validate_key(key)?;
         Ok(self.root.join(key.trim_end_matches('/')))
     }
 
-    /// The directory of `prefix`: the root for `""`, otherwise a checked subdirectory.
+    /// Returns the directory of `prefix`: the root for `""`, otherwise a checked subdirectory.
     fn dir_of(&self, prefix: &str) -> Result<PathBuf> {
         if prefix.is_empty() {
             Ok(self.root.clone())
@@ -115,8 +116,8 @@ impl LocalBackend {
     }
 }
 
-/// Whether an error means that no file exists at the path: it is missing,
-/// a directory, or below a path component that is a file.
+/// Checks whether an error means that no file exists at the path because
+/// it is missing, is a directory, or lies below a path component that is a file.
 fn is_absent(error: &io::Error) -> bool {
     matches!(
         error.kind(),
@@ -148,12 +149,12 @@ fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     file.read_exact(buf)
 }
 
-/// Whether a file name belongs to a temporary file of a writer rather than a key.
+/// Checks whether a file name belongs to a temporary file of a writer rather than a key.
 fn is_temporary(name: &str) -> bool {
     name.ends_with(TENSORSTORE_LOCK_SUFFIX) || name.ends_with(PUT_TEMP_SUFFIX)
 }
 
-/// The prefix as it starts keys below it: empty or ending in `/`.
+/// Returns the prefix as it starts keys below it: empty or ending in `/`.
 fn key_prefix(prefix: &str) -> String {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -409,7 +410,7 @@ impl Backend for LocalBackend {
     }
 }
 
-/// The UTF-8 file name of a directory entry; other names cannot be keys.
+/// Returns the UTF-8 file name of a directory entry. Other names cannot be keys.
 fn entry_name(entry: &fs::DirEntry) -> io::Result<String> {
     entry.file_name().into_string().map_err(|name| {
         io::Error::new(

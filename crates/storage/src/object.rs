@@ -63,7 +63,7 @@ impl ObjectStoreBackend {
         ObjectStoreBackend::new(Arc::new(InMemory::new()), "memory://")
     }
 
-    /// The wrapped object store.
+    /// Returns the wrapped object store.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -86,7 +86,7 @@ impl ObjectStoreBackend {
         })
     }
 
-    /// The path of a listing prefix; `None` lists the whole store.
+    /// Returns the path of a listing prefix, or `None` to list the whole store.
     fn prefix_path(&self, prefix: &str) -> Result<Option<ObjectPath>> {
         if prefix.is_empty() {
             Ok(None)
@@ -206,7 +206,7 @@ impl Backend for ObjectStoreBackend {
             Ok(bytes) => Err(self.invalid_range(key, &range, range.start + bytes.len() as u64)),
             Err(error) if is_not_found(&error) => Ok(None),
             // A range that starts past the end fails with an error that
-            // differs between stores, so the size tells that case apart.
+            // differs between stores, so the object's size identifies that case.
             Err(error) => match self.size(key)? {
                 None => Ok(None),
                 Some(size) if range.end > size => Err(self.invalid_range(key, &range, size)),

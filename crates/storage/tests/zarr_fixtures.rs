@@ -23,7 +23,7 @@ fn expected_values(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// The `.zarray` documents of fixture b, one plain file per array.
+/// Returns the `.zarray` documents of fixture b, one plain file per array.
 fn zarray_files() -> Vec<(String, Vec<u8>)> {
     let root = fixture("b_pytree_zarr2_no_ocdbt/ckpt");
     let mut documents = Vec::new();
@@ -37,7 +37,7 @@ fn zarray_files() -> Vec<(String, Vec<u8>)> {
     documents
 }
 
-/// The `.zarray` documents of fixture j, which are values inside its root OCDBT database.
+/// Returns the `.zarray` documents of fixture j, which are values inside its root OCDBT database.
 ///
 /// The database has a single B+tree leaf node that stores every value
 /// inline. Its file is an OCDBT envelope: a 4-byte magic, an 8-byte length,

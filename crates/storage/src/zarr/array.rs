@@ -9,7 +9,7 @@ use crate::{store::join_url, validate_key, KvStore, Result, StorageError, ZarrV2
 /// Name of the metadata document inside a zarr v2 array's directory.
 const ZARRAY_KEY: &str = ".zarray";
 
-/// What reading a chunk that is absent from the store does.
+/// The policy for reading a chunk that is absent from the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MissingChunks {
@@ -84,12 +84,12 @@ impl ZarrArray {
         self
     }
 
-    /// The array's metadata.
+    /// Returns the array's metadata.
     pub fn metadata(&self) -> &ZarrV2Metadata {
         &self.metadata
     }
 
-    /// The key prefix of the array inside its kvstore, without a trailing `/`.
+    /// Returns the key prefix of the array inside its kvstore, without a trailing `/`.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -100,7 +100,7 @@ impl ZarrArray {
         Ok(self.key(&ZarrV2Metadata::chunk_key(chunk_index)))
     }
 
-    /// Writes one chunk; `chunk` holds its full chunk shape in C order.
+    /// Writes one chunk, given as the bytes of its full chunk shape in C order.
     ///
     /// Edge chunks too have the full chunk shape: the part past the array's
     /// end is stored but never read back.
@@ -118,7 +118,7 @@ impl ZarrArray {
         self.kv.write(&key, encoded)
     }
 
-    /// Writes the chunks that make up `region`; `data` holds the region in C order.
+    /// Writes the chunks that make up `region`, given as the bytes of the region in C order.
     ///
     /// The region must be aligned to the chunk grid: each start a multiple
     /// of the chunk extent, each stop a multiple of it or the array's
@@ -171,7 +171,7 @@ impl ZarrArray {
         }
     }
 
-    /// Reads `region` of the array into `dst`, which holds the region in C order.
+    /// Reads `region` of the array into `dst`, as the bytes of the region in C order.
     ///
     /// Reads every chunk that overlaps the region, one after another, and
     /// copies the overlap of each.
@@ -191,7 +191,7 @@ impl ZarrArray {
         Ok(())
     }
 
-    /// The full kvstore key of `name` inside the array.
+    /// Returns the full kvstore key of `name` inside the array.
     fn key(&self, name: &str) -> String {
         join_key(&self.prefix, name)
     }
@@ -329,7 +329,7 @@ mod tests {
         IndexBox::new(start.to_vec(), stop.to_vec()).unwrap()
     }
 
-    /// The bytes of `region` cut out of a whole array of `shape`.
+    /// Returns the bytes of `region`, cut out of a whole array of `shape`.
     fn cut(whole: &[u8], shape: &[u64], region: &IndexBox, item_size: usize) -> Vec<u8> {
         let mut out = vec![0u8; region.num_elements().unwrap() as usize * item_size];
         copy_region(
@@ -641,7 +641,7 @@ mod tests {
         });
     }
 
-    /// An array shape, a chunk shape and a region inside the array.
+    /// Generates an array shape, a chunk shape and a region inside the array.
     fn layout() -> impl Strategy<Value = (Vec<u64>, Vec<u64>, IndexBox)> {
         prop::collection::vec((0u64..8, 1u64..5, 0u64..8, 0u64..8), 0..4).prop_map(|dims| {
             let mut shape = Vec::new();

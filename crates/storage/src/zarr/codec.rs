@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn declared_size_is_not_trusted() {
-        // A frame that declares and holds 64 MiB of zeros, read as a 16-byte chunk:
+        // A frame that declares and contains 64 MiB of zeros, read as a 16-byte chunk:
         // decoding stops after 17 bytes instead of inflating it all.
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
         let declared = zstd::zstd_safe::get_frame_content_size(&bomb).unwrap();

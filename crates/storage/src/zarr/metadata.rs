@@ -136,36 +136,37 @@ impl ZarrV2Metadata {
             shape: self.grid.shape(),
             zarr_format: 2,
         };
-        // Serializing this struct of slices, strings and integers cannot fail.
+        // serde_json fails only on maps with non-string keys and on custom
+        // `Serialize` errors, and this struct of slices, strings and integers has neither.
         serde_json::to_vec(&document).unwrap_or_default()
     }
 
-    /// The array shape.
+    /// Returns the array shape.
     pub fn shape(&self) -> &[u64] {
         self.grid.shape()
     }
 
-    /// The chunk shape. Edge chunks have this full shape too, past the array's end.
+    /// Returns the chunk shape. Edge chunks have this full shape too, past the array's end.
     pub fn chunks(&self) -> &[u64] {
         self.grid.chunk_shape()
     }
 
-    /// The element type.
+    /// Returns the element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
-    /// The chunk compressor; `None` stores chunks raw.
+    /// Returns the chunk compressor, or `None` for chunks stored raw.
     pub fn compressor(&self) -> Option<ZarrCompressor> {
         self.compressor
     }
 
-    /// The byte size of one decoded chunk.
+    /// Returns the byte size of one decoded chunk.
     pub fn chunk_num_bytes(&self) -> usize {
         self.chunk_num_bytes
     }
 
-    /// The grid of chunks over the array.
+    /// Returns the grid of chunks over the array.
     pub fn chunk_grid(&self) -> &ChunkGrid {
         &self.grid
     }
@@ -311,7 +312,7 @@ mod tests {
         ZarrV2Metadata::parse(document.as_bytes(), "a/.zarray")
     }
 
-    /// The Orbax kernel document with one field replaced by `value`, or removed when `None`.
+    /// Returns the Orbax kernel document with one field replaced by `value`, or removed when `None`.
     fn with_field(name: &str, value: Option<&str>) -> String {
         let mut fields: Map<String, Value> = serde_json::from_str(ORBAX_KERNEL).unwrap();
         match value {
