@@ -33,7 +33,8 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Reads the byte range `range` of an object; `Ok(None)` when the key is absent.
     ///
-    /// A range past the end of the object is an error, never a short read.
+    /// A range past the end of the object, or with its start after its end,
+    /// is [`crate::StorageError::InvalidRange`], never a short read.
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>>;
 
     /// Writes an object, replacing any previous value. Readers never see a
@@ -50,7 +51,8 @@ pub trait Backend: Send + Sync + Debug {
     /// Lists every key under `prefix` (a directory ending in `/`, or `""`), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
-    /// Lists the immediate child directories of `prefix`, sorted, without the trailing `/`.
+    /// Lists the immediate child directories of `prefix` as full keys
+    /// (`prefix` followed by the name), sorted, without the trailing `/`.
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
 
     /// Deletes every key under `prefix`; deleting nothing is not an error.
