@@ -1,1 +1,41 @@
-fn main() {}
+//! Project tasks for ckpt, run as `cargo xtask <task>`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod lint;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks for ckpt")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
+    Demo(demo::DemoArgs),
+    /// Check the crate dependency edges and that no file reads outside the repository.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Demo(args) => demo::run(&root, &args),
+        Task::Lint => lint::run(&root),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

@@ -138,6 +138,14 @@ pub enum StorageError {
         /// The operation.
         operation: &'static str,
     },
+    /// An OCDBT write that the database options or the format's limits cannot hold.
+    #[error("invalid OCDBT write to {store}: {reason}")]
+    InvalidOcdbtWrite {
+        /// The database directory, as its URL.
+        store: String,
+        /// The option or limit, the value found, and what to change.
+        reason: String,
+    },
     /// An error of the core model, such as an invalid dtype or shape in metadata.
     #[error(transparent)]
     Core(#[from] ckpt_core::CoreError),

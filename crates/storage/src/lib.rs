@@ -63,8 +63,10 @@ mod conformance;
 mod error;
 mod key;
 mod kvstore;
+mod layout;
 mod local;
 mod object;
+mod ocdbt;
 mod open;
 mod store;
 mod zarr;
@@ -79,8 +81,13 @@ pub use crate::{
     error::{Result, StorageError},
     key::validate_key,
     kvstore::KvStore,
+    layout::{finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression, StoredArray},
     local::LocalBackend,
     object::ObjectStoreBackend,
+    ocdbt::{
+        format as ocdbt_format, merge_databases, OcdbtCompression, OcdbtConfig, OcdbtError,
+        OcdbtReader, OcdbtWriter, OcdbtWriterOptions,
+    },
     open::open_store,
     store::Store,
     zarr::{MissingChunks, ZarrArray, ZarrCompressor, ZarrV2Metadata, MAX_ZARRAY_BYTES},

@@ -68,6 +68,16 @@ impl ZarrArray {
         ZarrArray::new(kv, prefix, metadata)
     }
 
+    /// Returns the array at `prefix` with known metadata, without reading or
+    /// writing `.zarray`: for writers whose `.zarray` another writer creates.
+    pub fn with_metadata(
+        kv: Arc<dyn KvStore>,
+        prefix: &str,
+        metadata: ZarrV2Metadata,
+    ) -> Result<ZarrArray> {
+        ZarrArray::new(kv, prefix, metadata)
+    }
+
     fn new(kv: Arc<dyn KvStore>, prefix: &str, metadata: ZarrV2Metadata) -> Result<ZarrArray> {
         check_prefix(prefix)?;
         Ok(ZarrArray {

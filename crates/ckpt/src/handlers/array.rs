@@ -1,0 +1,263 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use ckpt_colocated::{ArraySpec, SaveItem, ShardedArray};
+use ckpt_core::{num_bytes_usize, IndexBox};
+use ckpt_device::Sharding;
+use ckpt_storage::StoredArray;
+
+use super::ARRAY_VALUE_TYPE;
+use crate::{
+    CkptError, Leaf, RestoreContext, RestoreEntry, RestoreTarget, Result, SaveContext, SaveEntry,
+    SavedLeaf, TypeHandler,
+};
+
+/// Saves sharded arrays through the controller: it fetches every replica-0
+/// shard from the hosts and writes it itself (Orbax's default path in a
+/// single-controller deployment). Restores by reading on the controller and
+/// sending each host its devices' boxes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArrayHandler;
+
+/// Saves and restores sharded arrays colocated: each host writes, and reads,
+/// the shards of its own devices, and the controller sends only requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ColocatedArrayHandler;
+
+impl TypeHandler for ArrayHandler {
+    fn value_type(&self) -> &str {
+        ARRAY_VALUE_TYPE
+    }
+
+    fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> Result<Vec<SavedLeaf>> {
+        let planned = plan_arrays(entries)?;
+        for plan in &planned {
+            context.writer.create_array(&plan.param_name, &plan.stored)?;
+        }
+        let arrays: Vec<&ShardedArray> = planned.iter().map(|plan| plan.array).collect();
+        let by_id: BTreeMap<_, _> = planned.iter().map(|plan| (plan.array.id(), plan)).collect();
+        for shard in context.controller.fetch_shards(&arrays)? {
+            if shard.index.is_empty() {
+                continue;
+            }
+            let Some(plan) = by_id.get(&shard.id) else {
+                continue;
+            };
+            context
+                .writer
+                .write_region(&plan.param_name, &plan.stored, &shard.index, &shard.bytes)?;
+        }
+        planned.iter().map(saved_leaf).collect()
+    }
+
+    fn restore(
+        &self,
+        context: &RestoreContext<'_>,
+        entries: &[RestoreEntry<'_>],
+    ) -> Result<Vec<Leaf>> {
+        entries
+            .iter()
+            .map(|entry| restore_through_controller(context, entry))
+            .collect()
+    }
+}
+
+impl TypeHandler for ColocatedArrayHandler {
+    fn value_type(&self) -> &str {
+        ARRAY_VALUE_TYPE
+    }
+
+    fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> Result<Vec<SavedLeaf>> {
+        let planned = plan_arrays(entries)?;
+        let hosts: BTreeSet<usize> = planned
+            .iter()
+            .flat_map(|plan| context.controller.hosts_of(plan.array.spec()))
+            .collect();
+        let hosts: Vec<usize> = hosts.into_iter().collect();
+        let items = planned
+            .iter()
+            .map(|plan| SaveItem {
+                id: plan.array.id(),
+                param_name: plan.param_name.clone(),
+                stored: plan.stored.clone(),
+                create_metadata: true,
+            })
+            .collect();
+        if !hosts.is_empty() {
+            context
+                .controller
+                .save_colocated(context.item, context.format, items, &hosts)?;
+        }
+        planned.iter().map(saved_leaf).collect()
+    }
+
+    fn restore(
+        &self,
+        context: &RestoreContext<'_>,
+        entries: &[RestoreEntry<'_>],
+    ) -> Result<Vec<Leaf>> {
+        let mut targets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.args.target == RestoreTarget::Host {
+                targets.push(None);
+                continue;
+            }
+            targets.push(Some((entry.param_name.to_owned(), target_spec(context, entry)?)));
+        }
+        let wanted: Vec<(String, ArraySpec)> = targets.iter().flatten().cloned().collect();
+        let mut restored = context
+            .controller
+            .restore_colocated(context.item, context.use_ocdbt, wanted)?
+            .into_iter();
+        let mut leaves = Vec::with_capacity(entries.len());
+        for (entry, target) in entries.iter().zip(&targets) {
+            let leaf = match target {
+                None => restore_through_controller(context, entry)?,
+                Some(_) => match restored.next() {
+                    Some(array) => Leaf::Array(array),
+                    None => {
+                        return Err(CkptError::InvalidRestore {
+                            key_path: entry.key_path.to_string(),
+                            reason: "the hosts returned fewer arrays than requested".into(),
+                        })
+                    }
+                },
+            };
+            leaves.push(leaf);
+        }
+        Ok(leaves)
+    }
+}
+
+/// A sharded array leaf ready to save.
+struct PlannedArray<'a> {
+    array: &'a ShardedArray,
+    param_name: String,
+    stored: StoredArray,
+}
+
+fn plan_arrays<'a>(entries: &[SaveEntry<'a>]) -> Result<Vec<PlannedArray<'a>>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let Leaf::Array(array) = entry.leaf else {
+                return Err(CkptError::InvalidLeaf {
+                    key_path: entry.key_path.to_string(),
+                    reason: "the array handler was given a leaf that is not a sharded array"
+                        .into(),
+                });
+            };
+            let spec = array.spec();
+            let chunk_shape = write_shape(spec).map_err(|reason| CkptError::InvalidLeaf {
+                key_path: entry.key_path.to_string(),
+                reason,
+            })?;
+            Ok(PlannedArray {
+                array,
+                param_name: entry.param_name.to_owned(),
+                stored: StoredArray {
+                    shape: spec.shape.clone(),
+                    dtype: spec.dtype,
+                    chunk_shape,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The shape each writer writes: the largest shard's shape, which is the
+/// first shard's under JAX's ceiling division. Chunks are that shape.
+fn write_shape(spec: &ArraySpec) -> std::result::Result<Vec<u64>, String> {
+    if spec.shape.contains(&0) {
+        return Err(format!(
+            "its shape {:?} has a zero-size dimension, which the Orbax format cannot store; drop the leaf or give it at least one element",
+            spec.shape
+        ));
+    }
+    let slices = spec
+        .sharding
+        .devices_indices_map(&spec.shape)
+        .map_err(|err| err.to_string())?;
+    let first = slices
+        .first()
+        .ok_or_else(|| "its sharding has no devices".to_owned())?;
+    Ok(first.index.shape())
+}
+
+fn saved_leaf(plan: &PlannedArray<'_>) -> Result<SavedLeaf> {
+    Ok(SavedLeaf {
+        value_type: ARRAY_VALUE_TYPE.to_owned(),
+        write_shape: Some(plan.stored.chunk_shape.clone()),
+        sharding: Some(plan.array.spec().sharding.to_orbax_json()),
+    })
+}
+
+/// The sharding a leaf is restored onto: the caller's, or the one recorded
+/// in `_sharding` when its devices exist in this runtime.
+pub(crate) fn target_spec(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<ArraySpec> {
+    let stored = context.reader.array(entry.param_name)?;
+    let spec = match &entry.args.target {
+        RestoreTarget::Array(spec) => spec.clone(),
+        RestoreTarget::Saved | RestoreTarget::Host => {
+            let sharding = saved_sharding(context, entry)?;
+            ArraySpec {
+                shape: stored.shape.clone(),
+                dtype: stored.dtype,
+                sharding,
+            }
+        }
+    };
+    if spec.shape != stored.shape || spec.dtype != stored.dtype {
+        return Err(CkptError::InvalidRestore {
+            key_path: entry.key_path.to_string(),
+            reason: format!(
+                "the target is {} {:?} but the checkpoint holds {} {:?}; restore with the saved shape and dtype",
+                spec.dtype, spec.shape, stored.dtype, stored.shape
+            ),
+        });
+    }
+    Ok(spec)
+}
+
+fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Sharding> {
+    let Some(json) = context.shardings.get(entry.param_name) else {
+        return Err(CkptError::InvalidRestore {
+            key_path: entry.key_path.to_string(),
+            reason: "the checkpoint records no sharding for it in _sharding; pass RestoreArgs::array with a target sharding".into(),
+        });
+    };
+    let sharding = Sharding::from_orbax_json(json)?;
+    let topology = context.controller.runtime().topology();
+    if let Some(missing) = sharding
+        .device_set()
+        .into_iter()
+        .find(|device| topology.host_of(*device).is_none())
+    {
+        return Err(CkptError::InvalidRestore {
+            key_path: entry.key_path.to_string(),
+            reason: format!(
+                "it was saved on device {} which this runtime does not have; pass RestoreArgs::array with a sharding over this runtime's devices",
+                missing.0
+            ),
+        });
+    }
+    Ok(sharding)
+}
+
+/// Reads a whole array on the controller and sends each host its boxes, or
+/// returns it as a host array when the target is host memory.
+fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Leaf> {
+    let stored = context.reader.array(entry.param_name)?;
+    let mut global = vec![0u8; num_bytes_usize(&stored.shape, stored.dtype)?];
+    context.reader.read_region(
+        entry.param_name,
+        &stored,
+        &IndexBox::full(&stored.shape),
+        &mut global,
+    )?;
+    if entry.args.target == RestoreTarget::Host {
+        let array = crate::HostArray::from_bytes(stored.shape.clone(), stored.dtype, global)?;
+        return Ok(Leaf::HostArray(array));
+    }
+    let spec = target_spec(context, entry)?;
+    Ok(Leaf::Array(context.controller.put_global(spec, &global)?))
+}

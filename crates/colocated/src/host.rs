@@ -1,0 +1,242 @@
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
+
+use bytes::Bytes;
+use ckpt_core::num_bytes_usize;
+use ckpt_device::{Array, DeviceMemory, HostBuffer, Shard, Topology};
+use ckpt_storage::{ArrayReader, ArrayWriter, ArrayFormat, Store};
+use tracing::debug;
+
+use crate::{
+    protocol::{
+        ArrayId, ArraySpec, HostCall, HostReply, PutSource, RestoreItem, SaveItem, SaveReport,
+        ShardBytes, VerifyReport,
+    },
+    ColocatedError, Generator, Result,
+};
+
+/// The state of one host: the shards on its devices, and the work it does on them.
+///
+/// The in-process runtime runs one per thread; a worker process runs one
+/// behind its RPC server. Both hand it the same [`HostCall`]s.
+#[derive(Debug)]
+pub struct HostState {
+    host: usize,
+    topology: Topology,
+    memory: Arc<dyn DeviceMemory>,
+    arrays: HashMap<ArrayId, Array>,
+}
+
+impl HostState {
+    /// Creates the state of `host` in `topology`, with its device memory.
+    pub fn new(host: usize, topology: Topology, memory: Arc<dyn DeviceMemory>) -> HostState {
+        HostState {
+            host,
+            topology,
+            memory,
+            arrays: HashMap::new(),
+        }
+    }
+
+    /// Index of this host.
+    pub fn host(&self) -> usize {
+        self.host
+    }
+
+    /// Carries out one request.
+    pub fn handle(&mut self, call: HostCall) -> Result<HostReply> {
+        match call {
+            HostCall::PutArray { id, spec, source } => {
+                self.put_array(id, &spec, source)?;
+                Ok(HostReply::Done)
+            }
+            HostCall::SaveShards {
+                item,
+                format,
+                items,
+            } => self.save_shards(&item, &format, &items).map(HostReply::Saved),
+            HostCall::FetchShards { ids } => self.fetch_shards(&ids).map(HostReply::Shards),
+            HostCall::RestoreShards {
+                item,
+                use_ocdbt,
+                items,
+            } => self
+                .restore_shards(&item, use_ocdbt, items)
+                .map(|bytes| HostReply::Restored { bytes }),
+            HostCall::Verify { id, generator } => {
+                self.verify(id, generator).map(HostReply::Verified)
+            }
+            HostCall::DropArrays { ids } => {
+                for id in ids {
+                    self.arrays.remove(&id);
+                }
+                Ok(HostReply::Done)
+            }
+        }
+    }
+
+    fn is_local(&self, device: ckpt_device::DeviceId) -> bool {
+        self.topology.host_of(device) == Some(self.host)
+    }
+
+    fn array(&self, id: ArrayId) -> Result<&Array> {
+        self.arrays.get(&id).ok_or(ColocatedError::UnknownArray {
+            id: id.0,
+            host: self.host,
+        })
+    }
+
+    fn put_array(&mut self, id: ArrayId, spec: &ArraySpec, source: PutSource) -> Result<()> {
+        let array = match source {
+            PutSource::Generate(generator) => Array::from_fn(
+                spec.shape.clone(),
+                spec.dtype,
+                spec.sharding.clone(),
+                self.memory.as_ref(),
+                |device| self.is_local(device),
+                |index, dst| generator.fill(spec.dtype, &spec.shape, index, dst),
+            )?,
+            PutSource::Shards(shards) => self.array_from_shards(id, spec, shards)?,
+        };
+        self.arrays.insert(id, array);
+        Ok(())
+    }
+
+    fn array_from_shards(
+        &self,
+        id: ArrayId,
+        spec: &ArraySpec,
+        shards: Vec<(ckpt_device::DeviceId, Bytes)>,
+    ) -> Result<Array> {
+        let slices = spec.sharding.devices_indices_map(&spec.shape)?;
+        let mut data: HashMap<_, _> = shards.into_iter().collect();
+        let mut local = Vec::new();
+        for slice in slices.into_iter().filter(|s| self.is_local(s.device)) {
+            let Some(bytes) = data.remove(&slice.device) else {
+                return Err(ColocatedError::InvalidShardData {
+                    id: id.0,
+                    device: slice.device.0,
+                    reason: "no bytes were sent for this device".into(),
+                });
+            };
+            let buffer = self
+                .memory
+                .upload(slice.device, HostBuffer::from_slice(&bytes)?)?;
+            local.push(Shard::new(slice.device, slice.index, slice.replica_id, buffer));
+        }
+        Ok(Array::from_shards(
+            spec.shape.clone(),
+            spec.dtype,
+            spec.sharding.clone(),
+            local,
+        )?)
+    }
+
+    fn save_shards(
+        &self,
+        item: &Store,
+        format: &ArrayFormat,
+        items: &[SaveItem],
+    ) -> Result<SaveReport> {
+        let writer = ArrayWriter::open(item, format, &self.host.to_string())?;
+        let mut report = SaveReport::default();
+        for save in items {
+            if save.create_metadata {
+                writer.create_array(&save.param_name, &save.stored)?;
+            }
+            let array = self.array(save.id)?;
+            for shard in array.shards() {
+                if shard.replica_id() != 0 || shard.index().is_empty() {
+                    continue;
+                }
+                let bytes = shard_bytes(shard)?;
+                let written =
+                    writer.write_region(&save.param_name, &save.stored, shard.index(), &bytes)?;
+                report.bytes += bytes.len() as u64;
+                report.chunks += written;
+            }
+        }
+        writer.finish()?;
+        debug!(host = self.host, bytes = report.bytes, chunks = report.chunks, "saved shards");
+        Ok(report)
+    }
+
+    fn fetch_shards(&self, ids: &[ArrayId]) -> Result<Vec<ShardBytes>> {
+        let mut out = Vec::new();
+        for id in ids {
+            let array = self.array(*id)?;
+            for shard in array.shards() {
+                if shard.replica_id() != 0 {
+                    continue;
+                }
+                out.push(ShardBytes {
+                    id: *id,
+                    index: shard.index().clone(),
+                    bytes: Bytes::copy_from_slice(&shard_bytes(shard)?),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore_shards(
+        &mut self,
+        item: &Store,
+        use_ocdbt: Option<bool>,
+        items: Vec<RestoreItem>,
+    ) -> Result<u64> {
+        let reader = ArrayReader::open(item, use_ocdbt)?;
+        let mut total = 0u64;
+        for restore in items {
+            let stored = reader.array(&restore.param_name)?;
+            let spec = &restore.spec;
+            let slices = spec.sharding.devices_indices_map(&spec.shape)?;
+            let mut shards = Vec::new();
+            for slice in slices.into_iter().filter(|s| self.is_local(s.device)) {
+                let len = num_bytes_usize(&slice.index.shape(), spec.dtype)?;
+                let mut buffer = HostBuffer::zeroed(len)?;
+                reader.read_region(
+                    &restore.param_name,
+                    &stored,
+                    &slice.index,
+                    buffer.as_bytes_mut()?,
+                )?;
+                total += len as u64;
+                let buffer = self.memory.upload(slice.device, buffer)?;
+                shards.push(Shard::new(slice.device, slice.index, slice.replica_id, buffer));
+            }
+            let array = Array::from_shards(spec.shape.clone(), spec.dtype, spec.sharding.clone(), shards)?;
+            self.arrays.insert(restore.id, array);
+        }
+        Ok(total)
+    }
+
+    fn verify(&self, id: ArrayId, generator: Generator) -> Result<VerifyReport> {
+        let array = self.array(id)?;
+        let item_size = array.dtype().item_size();
+        let mut report = VerifyReport::default();
+        for shard in array.shards() {
+            let actual = shard_bytes(shard)?;
+            let mut expected = vec![0u8; actual.len()];
+            generator.fill(array.dtype(), array.shape(), shard.index(), &mut expected);
+            report.elements += (actual.len() / item_size.max(1)) as u64;
+            report.mismatches += actual
+                .chunks_exact(item_size)
+                .zip(expected.chunks_exact(item_size))
+                .filter(|(a, e)| a != e)
+                .count() as u64;
+        }
+        Ok(report)
+    }
+}
+
+/// Returns a shard's bytes in host memory: borrowed for host-memory devices,
+/// copied from the device otherwise.
+fn shard_bytes(shard: &Shard) -> Result<Cow<'_, [u8]>> {
+    let buffer = shard.buffer();
+    if let Some(bytes) = buffer.host_bytes() {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let mut out = vec![0u8; buffer.len()];
+    buffer.copy_to_host(&mut out)?;
+    Ok(Cow::Owned(out))
+}
