@@ -315,7 +315,8 @@ def make_h_multiprocess(fixture_dir):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"
     env["JAX_PLATFORMS"] = "cpu"
-    # Files, not pipes, take the output: nobody reads a pipe while waiting.
+    # The output goes to files, because a pipe that is not read while waiting
+    # would block a worker once it fills.
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(PROCESS_COUNT)]
     workers = [
         subprocess.Popen(
