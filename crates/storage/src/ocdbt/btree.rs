@@ -28,7 +28,7 @@ pub const MAX_NODE_ENTRIES: u64 = 1 << 20;
 /// `subtree_common_prefix_len` bytes of its key) followed by the entry's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BtreeNode {
-    /// Height of the node; 0 for a leaf.
+    /// Height of the node, 0 for a leaf.
     pub height: u8,
     /// The entries, sorted by key, at least one.
     pub entries: BtreeEntries,
@@ -57,12 +57,12 @@ pub struct LeafEntry {
 pub enum LeafValue {
     /// The value's bytes, stored inside the leaf.
     Inline(Bytes),
-    /// The byte range of a data file that holds the value.
+    /// The byte range of a data file that contains the value.
     OutOfLine(DataReference),
 }
 
 impl LeafValue {
-    /// The value's length in bytes.
+    /// Returns the value's length in bytes.
     pub fn len(&self) -> u64 {
         match self {
             LeafValue::Inline(bytes) => bytes.len() as u64,
@@ -70,7 +70,7 @@ impl LeafValue {
         }
     }
 
-    /// Whether the value is empty.
+    /// Returns whether the value is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -81,8 +81,8 @@ impl LeafValue {
 pub struct InteriorEntry {
     /// The smallest key the child may hold, relative to the node's accumulated prefix.
     pub key: Vec<u8>,
-    /// How many leading bytes of `key` every key in the child shares; the
-    /// child's keys are stored relative to them.
+    /// Number of leading bytes of `key` that every key in the child shares.
+    /// The child stores its keys without them.
     pub subtree_common_prefix_len: u64,
     /// The child node.
     pub child: NodeReference,
@@ -235,7 +235,7 @@ fn read_leaf_values(
         let value = if kind == 0 {
             LeafValue::Inline(body.slice(cursor.take_range(length, "inline value")?))
         } else {
-            // `files` holds one item per out-of-line entry, so this never fails.
+            // `files` has one item per out-of-line entry, so this branch is never taken.
             let Some((file, offset)) = files.next() else {
                 return Err(OcdbtError::UnexpectedEnd {
                     field: "data_file_id",

@@ -33,7 +33,7 @@ pub(super) struct TreeLimits {
     pub(super) compression: OcdbtCompression,
 }
 
-/// Why a tree could not be built.
+/// Failure to build a tree.
 #[derive(Debug)]
 pub(super) enum BuildError {
     /// One entry, or two children, need more than `max_decoded_node_bytes`.
@@ -61,11 +61,11 @@ struct BuiltNode {
 }
 
 /// Appends the nodes of a B+tree over `entries` to `out`, which the caller
-/// stores as `node_file`; `out` may already hold values at its start.
+/// stores as `node_file`. `out` may already contain values at its start.
 ///
 /// `entries` must be sorted by key and unique. Returns `None` for no entries.
 /// Every node but the root stores its keys relative to the common prefix of
-/// its first and last key; the root's prefix is empty because no parent
+/// its first and last key. The root's prefix is empty, because no parent
 /// records it.
 pub(super) fn build_tree(
     entries: Vec<(Vec<u8>, LeafValue)>,

@@ -7,7 +7,7 @@ use super::OcdbtError;
 /// Maximum bytes of a 64-bit LEB128 varint.
 const MAX_VARINT_BYTES: usize = 10;
 
-/// A read position in a byte slice; every read checks the bytes left.
+/// A read position in a byte slice. Every read checks the bytes left.
 pub(super) struct Cursor<'a> {
     data: &'a [u8],
     pos: usize,

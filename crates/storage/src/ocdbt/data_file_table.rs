@@ -22,7 +22,7 @@ pub struct DataFileId {
 }
 
 impl DataFileId {
-    /// The path relative to the database directory.
+    /// Returns the path relative to the database directory.
     pub fn full_path(&self) -> Vec<u8> {
         [self.base_path.as_slice(), self.relative_path.as_slice()].concat()
     }
@@ -149,7 +149,7 @@ fn shared_prefix_len(previous: &DataFileId, current: &DataFileId) -> usize {
     }
 }
 
-/// The length of the longest common prefix of two byte strings.
+/// Returns the length of the longest common prefix of two byte strings.
 pub(super) fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn prefix_past_previous_path_rejected() {
-        // Two files; the second claims 9 bytes shared with a 3-byte path.
+        // Two files, the second claiming 9 bytes shared with a 3-byte path.
         let bytes = [2, 9, 3, 1, 0, 0, b'a', b'b', b'c', b'd'];
         let err = decode(&bytes, b"").unwrap_err();
         assert!(matches!(err, OcdbtError::PrefixTooLong { .. }), "{err}");

@@ -18,16 +18,16 @@ pub const VERSION_TREE_NODE_MAGIC: u32 = 0x0cdb_1234;
 pub const BTREE_NODE_MAGIC: u32 = 0x0cdb_20de;
 
 /// Maximum decoded body size of any envelope, whatever the configuration
-/// says: above Orbax's `max_decoded_node_bytes` of 100 MB, and low enough that
-/// a hostile file cannot make a reader allocate without bound.
+/// allows. It is above Orbax's `max_decoded_node_bytes` of 100 MB and low
+/// enough that a hostile file cannot make a reader allocate without bound.
 pub const MAX_DECODED_BYTES_LIMIT: u64 = 256 << 20;
 
-/// Bytes of magic, length and checksum; the version and compression varints
+/// Bytes of magic, length and checksum. The version and compression varints
 /// take at least one byte each on top.
 const FIXED_BYTES: usize = 4 + 8 + 4;
 
-/// Initial output buffer of zstd decompression; the buffer grows with the
-/// real output, so a frame header that claims a huge size allocates no more.
+/// Maximum initial capacity of the zstd output buffer. The buffer grows with
+/// the real output, so a frame header that claims a huge size allocates no more.
 const INITIAL_DECOMPRESS_CAPACITY: u64 = 1 << 20;
 
 fn structure_name(magic: u32) -> &'static str {
@@ -41,10 +41,10 @@ fn structure_name(magic: u32) -> &'static str {
 
 /// Checks the envelope of `encoded` and returns its decompressed body.
 ///
-/// Checks, in order: the magic number, that the length header equals the
-/// input length, the CRC-32C, version 0, the compression method, and that the
-/// decompressed body is at most `max_decoded_bytes` (and
-/// [`MAX_DECODED_BYTES_LIMIT`]) and that a zstd body is exactly one frame.
+/// The checks run in this order: the magic number, the length header against
+/// the input length, the CRC-32C, version 0 and the compression method. Then
+/// the decompressed body must be at most `max_decoded_bytes` and
+/// [`MAX_DECODED_BYTES_LIMIT`], and a zstd body must be exactly one frame.
 pub fn decode_envelope(
     encoded: &[u8],
     magic: u32,
@@ -149,7 +149,7 @@ fn decompress_one_frame(frame: &[u8], limit: u64) -> Result<Vec<u8>, OcdbtError>
     Ok(out)
 }
 
-/// Wraps `body` in an envelope, compressing it as `compression` says.
+/// Wraps `body` in an envelope, compressed with `compression`.
 pub(super) fn encode_envelope(
     magic: u32,
     body: &[u8],

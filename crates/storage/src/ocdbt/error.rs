@@ -4,9 +4,9 @@ use crate::StorageError;
 
 /// Errors of decoding OCDBT structures: each variant is one failed check.
 ///
-/// The reader and writer convert these into [`StorageError::Corrupt`] with the
-/// file name and the structure that failed; the decoders in
-/// [`crate::ocdbt_format`] return them as they are.
+/// The reader converts these into [`StorageError::Corrupt`] with the file name
+/// and the structure that failed. The decoders in [`crate::ocdbt_format`]
+/// return them unchanged.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum OcdbtError {
@@ -76,7 +76,7 @@ pub enum OcdbtError {
     /// A size, count or length above the limit the format or the configuration sets.
     #[error("{field} is {value}, above the limit of {limit}")]
     LimitExceeded {
-        /// What was measured.
+        /// The quantity measured.
         field: &'static str,
         /// The value found.
         value: u64,
@@ -136,7 +136,7 @@ pub enum OcdbtError {
     InvalidPath {
         /// The path, with invalid UTF-8 replaced.
         path: String,
-        /// What is wrong with it.
+        /// The reason it is rejected.
         reason: &'static str,
     },
     /// A B+tree node whose height differs from the one its parent implies.

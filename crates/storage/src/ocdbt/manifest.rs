@@ -16,14 +16,14 @@ use super::{
 /// largest inline value a leaf may hold: 1 MiB.
 pub const MAX_INLINE_VALUE_BYTES: u32 = 1 << 20;
 
-/// How the manifest stores the version tree.
+/// Storage layout of the version tree, chosen by the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ManifestKind {
-    /// `manifest.ocdbt` holds the configuration and the version tree (kind 0;
-    /// Orbax always writes this kind).
+    /// `manifest.ocdbt` contains the configuration and the version tree
+    /// (kind 0). Orbax 0.12.8 always writes this kind.
     Single,
-    /// `manifest.ocdbt` holds only the configuration and each commit writes a
+    /// `manifest.ocdbt` contains only the configuration, and each commit writes a
     /// `manifest.<16 hex digits of the generation>` file with the versions (kind 1).
     Numbered,
 }
@@ -35,7 +35,7 @@ pub enum OcdbtCompression {
     None,
     /// Bodies compressed as one zstd frame.
     Zstd {
-        /// The zstd level; 0 selects zstd's default level.
+        /// The zstd level, where 0 selects zstd's default level.
         level: i32,
     },
 }
@@ -45,7 +45,7 @@ pub enum OcdbtCompression {
 pub struct OcdbtConfig {
     /// Random identifier of the database, chosen when it is created.
     pub uuid: [u8; 16],
-    /// Where the versions are stored.
+    /// Storage layout of the versions.
     pub manifest_kind: ManifestKind,
     /// Values up to this many bytes are stored inside B+tree leaves.
     pub max_inline_value_bytes: u32,
@@ -62,7 +62,7 @@ pub struct OcdbtConfig {
 pub struct Manifest {
     /// The database configuration.
     pub config: OcdbtConfig,
-    /// The newest versions, oldest first; empty in the configuration-only
+    /// The newest versions, oldest first. Empty in the configuration-only
     /// `manifest.ocdbt` of the numbered kind.
     pub versions: Vec<VersionReference>,
     /// Version tree nodes that cover the older versions, tallest first.

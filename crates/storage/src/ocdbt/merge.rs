@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{Result, StorageError, Store};
 
-/// Writes a database at `root` that holds every key of the databases in the
-/// child directories `children` (such as `ocdbt.process_0`).
+/// Writes a database at `root` that contains every key of the databases in
+/// the child directories `children` (such as `ocdbt.process_0`).
 ///
 /// Inline values are copied into the new leaves. Out-of-line values stay in
 /// the children's data files: the new leaves refer to them with the child
@@ -20,9 +20,9 @@ use crate::{Result, StorageError, Store};
 /// are copied and the children must be kept. The new database has the
 /// options of [`OcdbtWriterOptions::default`] and one version.
 ///
-/// Fails with [`StorageError::Corrupt`] when two children hold the same key,
-/// and with [`StorageError::AlreadyExists`] when `root` already holds a
-/// `manifest.ocdbt`.
+/// Fails with [`StorageError::Corrupt`] when two children contain the same
+/// key, and with [`StorageError::AlreadyExists`] when `root` already contains
+/// a `manifest.ocdbt`.
 pub fn merge_databases(root: Store, children: &[&str]) -> Result<()> {
     if root.exists(MANIFEST_KEY)? {
         return Err(StorageError::AlreadyExists {

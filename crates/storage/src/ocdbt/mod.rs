@@ -5,26 +5,26 @@
 //! these layers, from the files inward:
 //!
 //! - **Files.** `manifest.ocdbt` is the entry point. `d/<32 hex digits>` data
-//!   files hold encoded nodes and out-of-line values back to back; readers
-//!   find both by (file, offset, length) references.
+//!   files contain encoded nodes and out-of-line values back to back, and
+//!   readers find both by (file, offset, length) references.
 //! - **Envelope.** The manifest and every node are wrapped the same way: a
 //!   magic number, the total length, format version 0, a compression method
 //!   (none or one zstd frame), the body, and a CRC-32C over everything
 //!   before it.
 //! - **Manifest.** The configuration (uuid, inline value limit, node size
 //!   limit, version tree arity, compression), a data file table and the
-//!   newest versions inline; older versions sit in version tree nodes. The
-//!   last inline version is the newest, so reading the current state never
-//!   touches the version tree.
+//!   newest versions. Older versions are in version tree nodes. The last
+//!   version in the manifest is the newest, so reading the current state
+//!   never touches the version tree.
 //! - **Data file table.** Each manifest and node starts its references with
 //!   a prefix-compressed list of (base path, relative path) pairs. A node
 //!   read from a file resolves its own table against that file's base path,
 //!   which is how a merged database refers to files in the per-process
 //!   databases below it.
-//! - **B+tree.** Leaves hold keys with values inline (up to
+//! - **B+tree.** Leaves contain keys with their values, either inline (up to
 //!   `max_inline_value_bytes`, 1024 in Orbax) or as references to data
-//!   files; interior nodes hold each child's lowest key. Keys are
-//!   prefix-compressed within a node, and an interior entry can declare a
+//!   files. Interior nodes contain the lowest key of each child. Keys are
+//!   prefix-compressed within a node. An interior entry can also declare a
 //!   prefix that every key of its child shares, which the child then omits.
 //!
 //! [`OcdbtReader`] reads the newest version, [`OcdbtWriter`] creates a
@@ -60,11 +60,11 @@ pub use self::{
 pub mod format {
     //! The structures of the OCDBT format and one decoder per structure.
     //!
-    //! Each decoder takes untrusted bytes, checks every length, count and
-    //! offset against the bytes present, and returns an [`OcdbtError`]
-    //! naming the field that failed; none of them panics or allocates more
-    //! than its input justifies. Fuzz targets and inspection tools call them
-    //! directly; [`OcdbtReader`](super::OcdbtReader) uses the same code.
+    //! Each decoder takes untrusted bytes and checks every length, count and
+    //! offset against the bytes present. On failure it returns an
+    //! [`OcdbtError`] naming the field. No decoder panics, and none allocates
+    //! more than its input justifies. Fuzz targets and inspection tools call them
+    //! directly, and [`OcdbtReader`](super::OcdbtReader) uses the same code.
 
     pub use super::{
         btree::{

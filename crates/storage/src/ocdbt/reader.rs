@@ -20,9 +20,8 @@ use crate::{validate_key, KvStore, Result, StorageError, Store};
 /// Name of the manifest file in the database directory.
 pub(super) const MANIFEST_KEY: &str = "manifest.ocdbt";
 
-/// Upper bound on the encoded bytes of cached nodes; the cache is emptied
-/// when it would grow past it. Orbax databases keep their nodes far below
-/// this, because values above 1 KiB live outside the nodes.
+/// Maximum encoded bytes of cached nodes. An insert that would pass it
+/// empties the cache first.
 const NODE_CACHE_BYTES: u64 = 256 << 20;
 
 /// Reads the newest version of an OCDBT database, as TensorStore writes it.
@@ -95,24 +94,24 @@ impl OcdbtReader {
         })
     }
 
-    /// The database configuration.
+    /// Returns the database configuration.
     pub fn config(&self) -> &OcdbtConfig {
         &self.config
     }
 
-    /// The version this reader reads: the newest one when it was opened.
+    /// Returns the version this reader reads: the newest one when it was opened.
     pub fn version(&self) -> &VersionReference {
         &self.version
     }
 
-    /// The directory of the database.
+    /// Returns the directory of the database.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     /// Lists the keys that start with `prefix`, sorted.
     ///
-    /// Skips subtrees whose key range cannot hold such keys, so a narrow
+    /// Skips subtrees whose key range cannot contain such keys, so a narrow
     /// prefix reads few nodes. Keys that are not UTF-8 are an error.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
@@ -232,7 +231,7 @@ impl OcdbtReader {
     }
 
     /// Checks that an out-of-line value's data file exists, is inside the
-    /// database directory and holds the value's byte range, without reading it.
+    /// database directory and contains the value's byte range, without reading it.
     pub(super) fn check_out_of_line(&self, reference: &DataReference) -> Result<()> {
         let path = self.data_file_key(&reference.file)?;
         self.check_in_file(&path, reference, "value")?;
@@ -242,7 +241,7 @@ impl OcdbtReader {
     /// Reads, checks and caches the node at `location`.
     ///
     /// `lower_bound` is the smallest key the parent allows, relative to the
-    /// node's prefix; a node whose first key is below it is corrupt.
+    /// node's prefix. A node whose first key is below it is corrupt.
     fn node(
         &self,
         location: &DataReference,
@@ -395,7 +394,7 @@ impl OcdbtReader {
 }
 
 impl KvStore for OcdbtReader {
-    /// The database location in TensorStore's URL syntax, such as `file:///ckpt/|ocdbt:`.
+    /// Returns the database location in TensorStore's URL syntax, such as `file:///ckpt/|ocdbt:`.
     fn url(&self) -> String {
         format!("{}/|ocdbt:", self.store.url())
     }
@@ -486,8 +485,8 @@ fn first_key(node: &BtreeNode) -> &[u8] {
     }
 }
 
-/// Whether a subtree whose keys lie in `[lower, upper)` may hold keys
-/// starting with `prefix`.
+/// Returns whether a subtree whose keys lie in `[lower, upper)` may contain
+/// keys starting with `prefix`.
 fn range_may_hold_prefix(lower: &[u8], upper: Option<&[u8]>, prefix: &[u8]) -> bool {
     if upper.is_some_and(|upper| upper <= prefix) {
         return false;

@@ -18,7 +18,7 @@ pub struct DataReference {
 }
 
 impl DataReference {
-    /// The offset one past the last byte; decoding checked that it does not overflow.
+    /// Returns the offset one past the last byte. Decoding checked that it does not overflow.
     pub fn end(&self) -> u64 {
         self.offset.saturating_add(self.length)
     }
@@ -49,7 +49,7 @@ impl NodeStatistics {
 /// A reference to an encoded B+tree node and the totals of its subtree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeReference {
-    /// Where the encoded node is.
+    /// Location of the encoded node.
     pub location: DataReference,
     /// Totals over the node's subtree.
     pub statistics: NodeStatistics,
@@ -57,8 +57,8 @@ pub struct NodeReference {
 
 /// Reads `count` data file indices, then offsets, then lengths.
 ///
-/// An entry whose offset and length are both `u64::MAX` is an absent node;
-/// it is returned as `None` when `allow_missing` is set and is an error
+/// An entry whose offset and length are both `u64::MAX` is an absent node.
+/// It is returned as `None` when `allow_missing` is set, and rejected
 /// otherwise. Every other entry must not overflow `offset + length`.
 pub(super) fn read_references(
     cursor: &mut Cursor<'_>,
@@ -155,7 +155,7 @@ pub(super) fn file_index(table: &[DataFileId], file: &DataFileId) -> u64 {
     index.unwrap_or_default() as u64
 }
 
-/// Writes references as data file indices, offsets and lengths; `None` is an absent node.
+/// Writes references as data file indices, offsets and lengths, with `None` for an absent node.
 pub(super) fn write_references<'a>(
     out: &mut Vec<u8>,
     table: &[DataFileId],

@@ -43,8 +43,8 @@ fn inline(key: &str, value: &str) -> LeafEntry {
     }
 }
 
-/// A leaf body with no data files, `keys` given as (prefix length, suffix)
-/// and one-byte inline values.
+/// Encodes a leaf body by hand: no data files, `keys` as (prefix length,
+/// suffix) pairs, and a one-byte inline value per key.
 fn leaf_body(keys: &[(u64, &str)]) -> Vec<u8> {
     let mut body = vec![0, 0];
     write_varint(&mut body, keys.len() as u64);

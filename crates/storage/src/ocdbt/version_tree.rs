@@ -18,7 +18,7 @@ pub const MAX_VERSION_TREE_ARITY_LOG2: u8 = 16;
 pub struct VersionReference {
     /// Generation number, counting commits from 1.
     pub generation: u64,
-    /// Height of the root node; 0 when the root is a leaf.
+    /// Height of the root node, 0 when the root is a leaf.
     pub root_height: u8,
     /// The root node, or `None` for an empty database.
     pub root: Option<NodeReference>,
@@ -27,7 +27,7 @@ pub struct VersionReference {
 }
 
 impl VersionReference {
-    /// Totals over the whole tree; zero for an empty database.
+    /// Returns the totals over the whole tree, zero for an empty database.
     pub fn statistics(&self) -> NodeStatistics {
         self.root
             .as_ref()
@@ -39,7 +39,7 @@ impl VersionReference {
 /// A reference to a version tree node, which covers older versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionNodeReference {
-    /// Where the encoded version tree node is.
+    /// Location of the encoded version tree node.
     pub location: DataReference,
     /// The newest generation in the node's subtree.
     pub generation: u64,
@@ -48,8 +48,8 @@ pub struct VersionNodeReference {
     /// Number of versions in the subtree.
     pub num_generations: u64,
     /// Commit time of the oldest version in the subtree, in nanoseconds
-    /// since the Unix epoch (the specification says milliseconds, but
-    /// TensorStore 0.1.86 writes nanoseconds here).
+    /// since the Unix epoch. TensorStore's index.rst specifies milliseconds,
+    /// but TensorStore 0.1.86 writes nanoseconds here.
     pub commit_time_ns: u64,
 }
 
@@ -58,7 +58,7 @@ pub struct VersionNodeReference {
 pub struct VersionTreeNode {
     /// Base-2 logarithm of the version tree arity.
     pub arity_log2: u8,
-    /// Height of the node; 0 for a leaf.
+    /// Height of the node, 0 for a leaf.
     pub height: u8,
     /// Versions (leaf) or child nodes (interior).
     pub entries: VersionTreeEntries,
@@ -346,7 +346,7 @@ pub(super) fn write_version_interior_entries(
     }
 }
 
-/// Writes a version tree node body (before the envelope); used by tests.
+/// Encodes a version tree node body without its envelope, for tests.
 #[cfg(test)]
 pub(super) fn write_version_tree_node_body(node: &VersionTreeNode) -> Vec<u8> {
     let mut files: Vec<DataFileId> = match &node.entries {

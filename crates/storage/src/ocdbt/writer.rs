@@ -22,13 +22,13 @@ use crate::{KvStore, Result, StorageError, Store};
 
 /// Settings of a database that [`OcdbtWriter`] creates.
 ///
-/// The defaults are what Orbax 0.12.8 asks TensorStore for, so Orbax reads
-/// the result with the settings it expects.
+/// The defaults are the settings Orbax 0.12.8 requests from TensorStore, so
+/// Orbax reads the result with the settings it expects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OcdbtWriterOptions {
     /// Values up to this many bytes are stored inside the B+tree leaves and
-    /// larger ones in the data file. Default 1024; at most 1 MiB.
+    /// larger ones in the data file. Default 1024, at most 1 MiB.
     pub max_inline_value_bytes: u32,
     /// Maximum decoded size of a node in bytes, which readers enforce.
     /// Default 100000000.
@@ -39,8 +39,8 @@ pub struct OcdbtWriterOptions {
     /// which selects zstd's default level.
     pub compression: OcdbtCompression,
     /// Size in bytes that the writer fills each node up to before it starts
-    /// another; databases larger than this get interior nodes. Default 1 MiB,
-    /// so a lookup decodes about 1 MiB per tree level at most. Values above
+    /// another, so databases larger than this get interior nodes. Default
+    /// 1 MiB, so a lookup decodes about 1 MiB per tree level. Values above
     /// `max_decoded_node_bytes` act as that limit.
     pub target_node_bytes: u32,
 }
@@ -59,12 +59,12 @@ impl Default for OcdbtWriterOptions {
 
 /// Writes a new OCDBT database with one version.
 ///
-/// Writes go to memory; [`OcdbtWriter::commit`] stores every value larger
+/// Writes go to memory. [`OcdbtWriter::commit`] stores every value larger
 /// than `max_inline_value_bytes` back to back in one data file
 /// `d/<32 random hex digits>`, followed by the B+tree nodes, in one
 /// sequential write, and then writes `manifest.ocdbt`. Keys are unique: the
-/// last write of a key wins. The writer only creates databases; adding a
-/// version to an existing one is not supported.
+/// last write of a key wins. The writer only creates databases and cannot
+/// add a version to an existing one.
 ///
 /// # Example
 ///
@@ -91,7 +91,7 @@ impl Default for OcdbtWriterOptions {
 pub struct OcdbtWriter {
     store: Store,
     options: OcdbtWriterOptions,
-    /// The buffered writes, sorted by key; `None` once committed.
+    /// The buffered writes sorted by key, or `None` once committed.
     pending: Mutex<Option<BTreeMap<Vec<u8>, Bytes>>>,
 }
 
@@ -143,6 +143,9 @@ impl OcdbtWriter {
             .filter(|value| value.len() as u64 > max_inline)
             .map(Bytes::len)
             .sum();
+        // NOTE: every value stays in memory until here, and the data file is
+        // built as one buffer, so a commit holds the out-of-line bytes twice
+        // while the caller still references its own `Bytes`.
         let mut data = Vec::with_capacity(out_of_line_bytes);
         let mut entries = Vec::with_capacity(pending.len());
         for (key, value) in pending {
@@ -170,8 +173,8 @@ impl OcdbtWriter {
         Ok(version)
     }
 
-    /// The error of using the writer after its commit; `operation` says what
-    /// was attempted and what to do instead.
+    /// Returns the error for using the writer after its commit. `operation`
+    /// names what was attempted and what to do instead.
     fn committed_error(&self, operation: &'static str) -> StorageError {
         StorageError::Unsupported {
             store: KvStore::url(self),
@@ -181,12 +184,12 @@ impl OcdbtWriter {
 }
 
 impl KvStore for OcdbtWriter {
-    /// The database location in TensorStore's URL syntax, such as `file:///ckpt/|ocdbt:`.
+    /// Returns the database location in TensorStore's URL syntax, such as `file:///ckpt/|ocdbt:`.
     fn url(&self) -> String {
         format!("{}/|ocdbt:", self.store.url())
     }
 
-    /// Returns a value written before, or `None`; the writer never reads the store.
+    /// Returns a value written before, or `None`. The writer never reads the store.
     fn read(&self, key: &str) -> Result<Option<Bytes>> {
         let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(pending) = pending.as_ref() else {
