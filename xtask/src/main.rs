@@ -6,7 +6,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod interop;
 mod lint;
+mod orbax;
+mod records;
+mod venv;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project tasks for ckpt")]
@@ -19,6 +23,8 @@ struct Cli {
 enum Task {
     /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
     Demo(demo::DemoArgs),
+    /// Check ckpt against real Python Orbax in both directions (installs a venv under target/).
+    Interop,
     /// Check the crate dependency edges and that no file reads outside the repository.
     Lint,
 }
@@ -28,6 +34,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Demo(args) => demo::run(&root, &args),
+        Task::Interop => interop::run(&root),
         Task::Lint => lint::run(&root),
     }
 }

@@ -6,9 +6,8 @@
 //! the per-leaf schema of `testdata/orbax/*/expected_values.json`, described
 //! in `python/leaf_records.py`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -40,30 +39,6 @@ pub(crate) fn orbax_read(
     run_json(&mut command)
 }
 
-/// Finds the newest step of the CheckpointManager directory `root` with
-/// Orbax and restores that step's `item` like [`orbax_read`].
-///
-/// The returned document also carries `step` and `item`, which
-/// [`compare_values`] uses to select the expected leaves of that step.
-///
-/// # Errors
-///
-/// As [`orbax_read`]; also fails when `root` has no finalized step.
-pub(crate) fn orbax_read_manager(
-    python: &Path,
-    root: &Path,
-    item: &str,
-    mesh: Option<&str>,
-) -> anyhow::Result<serde_json::Value> {
-    let mut command = script_command(python, "orbax_read.py");
-    command
-        .arg(root)
-        .arg("--manager-item")
-        .arg(item)
-        .args(mesh_args(mesh));
-    run_json(&mut command)
-}
-
 /// Lists every key of the TensorStore OCDBT database at `dir` with the
 /// length and sha256 of its latest value, read by TensorStore.
 ///
@@ -74,35 +49,6 @@ pub(crate) fn ocdbt_read(python: &Path, dir: &Path) -> anyhow::Result<serde_json
     let mut command = script_command(python, "orbax_read.py");
     command.arg(dir).arg("--raw-ocdbt");
     run_json(&mut command)
-}
-
-/// Checks `actual` against the expected-values file `expected` leaf by leaf
-/// (keypath, kind, param_name, dtype, shape, sha256) with
-/// `compare_values.py`.
-///
-/// # Errors
-///
-/// Fails with the list of differences when the documents do not match, and
-/// with the script's stderr when either document is unusable.
-pub(crate) fn compare_values(
-    python: &Path,
-    actual: &serde_json::Value,
-    expected: &Path,
-) -> anyhow::Result<()> {
-    let mut command = script_command(python, "compare_values.py");
-    command.arg("-").arg(expected);
-    let input = serde_json::to_vec(actual).context("failed to serialize the actual document")?;
-    let output = run_with_stdin(&mut command, &input)?;
-    if output.status.success() {
-        return Ok(());
-    }
-    bail!(
-        "values differ from {} ({}):\n{}{}",
-        expected.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        stderr_tail(&output.stderr)
-    )
 }
 
 /// Generates the fixtures that `testdata/orbax` lacks into `out` with
@@ -166,29 +112,6 @@ fn run_json(command: &mut Command) -> anyhow::Result<serde_json::Value> {
             String::from_utf8_lossy(&output.stdout)
         )
     })
-}
-
-/// Runs a command with `input` on its stdin and collects its output.
-fn run_with_stdin(command: &mut Command, input: &[u8]) -> anyhow::Result<Output> {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("failed to start {command:?}"))?;
-    // Write from a thread: a child that fills its stdout pipe before reading
-    // all of stdin would otherwise block both processes.
-    let mut stdin = child.stdin.take().context("child stdin is not piped")?;
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child
-        .wait_with_output()
-        .with_context(|| format!("failed to wait for {command:?}"))?;
-    match writer.join() {
-        Ok(result) => result.with_context(|| format!("failed to write stdin of {command:?}"))?,
-        Err(_) => bail!("the stdin writer thread of {command:?} panicked"),
-    }
-    Ok(output)
 }
 
 fn stderr_tail(stderr: &[u8]) -> String {

@@ -1,5 +1,5 @@
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -148,14 +148,17 @@ impl Controller {
         let full = IndexBox::full(&spec.shape);
         let topology = self.runtime.topology();
         let slices = spec.sharding.devices_indices_map(&spec.shape)?;
-        let mut per_host: Vec<Vec<_>> = vec![Vec::new(); topology.num_hosts()];
+        let mut per_host: Vec<Vec<(IndexBox, Bytes)>> = vec![Vec::new(); topology.num_hosts()];
         for slice in slices {
             let Some(host) = topology.host_of(slice.device) else {
                 continue;
             };
+            if per_host[host].iter().any(|(index, _)| *index == slice.index) {
+                continue;
+            }
             let mut bytes = vec![0u8; num_bytes_usize(&slice.index.shape(), spec.dtype)?];
             copy_region(global, &full, &mut bytes, &slice.index, &slice.index, item_size)?;
-            per_host[host].push((slice.device, Bytes::from(bytes)));
+            per_host[host].push((slice.index, Bytes::from(bytes)));
         }
         let calls = per_host
             .into_iter()
@@ -174,25 +177,31 @@ impl Controller {
         Ok(ShardedArray { id, spec })
     }
 
-    /// Asks every host holding the arrays to write its replica-0 shards into `item`.
+    /// Asks every host holding the arrays to write its replica-0 shards into
+    /// `item`. Each host gets only the arrays with shards on its devices,
+    /// and the first of an array's hosts writes its zarr metadata.
     pub fn save_colocated(
         &self,
         item: &Store,
         format: &ArrayFormat,
-        items: Vec<SaveItem>,
-        hosts: &[usize],
+        items: Vec<(&ShardedArray, SaveItem)>,
     ) -> Result<Vec<(usize, SaveReport)>> {
-        let calls = hosts
-            .iter()
-            .map(|&host| {
-                let mut host_items = items.clone();
-                for save in &mut host_items {
-                    save.create_metadata = save.create_metadata && host == hosts[0];
-                }
+        let mut per_host: BTreeMap<usize, Vec<SaveItem>> = BTreeMap::new();
+        for (array, save) in items {
+            let hosts = self.hosts_of(&array.spec);
+            for (position, host) in hosts.into_iter().enumerate() {
+                let mut host_item = save.clone();
+                host_item.create_metadata = save.create_metadata && position == 0;
+                per_host.entry(host).or_default().push(host_item);
+            }
+        }
+        let calls = per_host
+            .into_iter()
+            .map(|(host, items)| {
                 let call = HostCall::SaveShards {
                     item: item.clone(),
                     format: format.clone(),
-                    items: host_items,
+                    items,
                 };
                 (host, call)
             })
@@ -212,11 +221,15 @@ impl Controller {
 
     /// Fetches the replica-0 shards of arrays to the controller (the gather path).
     pub fn fetch_shards(&self, arrays: &[&ShardedArray]) -> Result<Vec<ShardBytes>> {
-        let ids: Vec<ArrayId> = arrays.iter().map(|a| a.id).collect();
-        let hosts: BTreeSet<usize> = arrays.iter().flat_map(|a| self.hosts_of(&a.spec)).collect();
-        let calls = hosts
+        let mut per_host: BTreeMap<usize, Vec<ArrayId>> = BTreeMap::new();
+        for array in arrays {
+            for host in self.hosts_of(&array.spec) {
+                per_host.entry(host).or_default().push(array.id);
+            }
+        }
+        let calls = per_host
             .into_iter()
-            .map(|host| (host, HostCall::FetchShards { ids: ids.clone() }))
+            .map(|(host, ids)| (host, HostCall::FetchShards { ids }))
             .collect();
         let mut shards = Vec::new();
         for (host, reply) in self.call(calls)? {
@@ -256,14 +269,19 @@ impl Controller {
                 spec: array.spec.clone(),
             })
             .collect();
-        let hosts: BTreeSet<usize> = arrays.iter().flat_map(|a| self.hosts_of(&a.spec)).collect();
-        let calls = hosts
+        let mut per_host: BTreeMap<usize, Vec<RestoreItem>> = BTreeMap::new();
+        for (array, restore) in arrays.iter().zip(items) {
+            for host in self.hosts_of(&array.spec) {
+                per_host.entry(host).or_default().push(restore.clone());
+            }
+        }
+        let calls = per_host
             .into_iter()
-            .map(|host| {
+            .map(|(host, items)| {
                 let call = HostCall::RestoreShards {
                     item: item.clone(),
                     use_ocdbt,
-                    items: items.clone(),
+                    items,
                 };
                 (host, call)
             })

@@ -1,7 +1,7 @@
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use ckpt_core::num_bytes_usize;
+use ckpt_core::{num_bytes_usize, IndexBox};
 use ckpt_device::{Array, DeviceMemory, HostBuffer, Shard, Topology};
 use ckpt_storage::{ArrayReader, ArrayWriter, ArrayFormat, Store};
 use tracing::debug;
@@ -105,17 +105,17 @@ impl HostState {
         &self,
         id: ArrayId,
         spec: &ArraySpec,
-        shards: Vec<(ckpt_device::DeviceId, Bytes)>,
+        shards: Vec<(IndexBox, Bytes)>,
     ) -> Result<Array> {
         let slices = spec.sharding.devices_indices_map(&spec.shape)?;
-        let mut data: HashMap<_, _> = shards.into_iter().collect();
+        let data: HashMap<IndexBox, Bytes> = shards.into_iter().collect();
         let mut local = Vec::new();
         for slice in slices.into_iter().filter(|s| self.is_local(s.device)) {
-            let Some(bytes) = data.remove(&slice.device) else {
+            let Some(bytes) = data.get(&slice.index) else {
                 return Err(ColocatedError::InvalidShardData {
                     id: id.0,
                     device: slice.device.0,
-                    reason: "no bytes were sent for this device".into(),
+                    reason: format!("no bytes were sent for its box {}", slice.index),
                 });
             };
             let buffer = self

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use ckpt_core::{DType, IndexBox};
-use ckpt_device::{DeviceId, Sharding};
+use ckpt_device::Sharding;
 use ckpt_storage::{ArrayFormat, StoredArray, Store};
 
 use crate::Generator;
@@ -32,8 +32,9 @@ pub struct ArraySpec {
 pub enum PutSource {
     /// Generate values on the host from a seed.
     Generate(Generator),
-    /// Bytes of each of the host's devices' boxes, sent by the controller.
-    Shards(Vec<(DeviceId, Bytes)>),
+    /// Bytes of each distinct box of the host's devices, sent by the
+    /// controller once per host even where several devices hold the box.
+    Shards(Vec<(IndexBox, Bytes)>),
 }
 
 /// One array to save in a colocated save.

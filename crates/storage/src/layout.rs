@@ -15,9 +15,15 @@ use std::{
 use ckpt_core::{DType, IndexBox};
 
 use crate::{
+    merge_databases,
     zarr::{ZarrArray, ZarrCompressor, ZarrV2Metadata},
-    KvStore, Result, StorageError, Store,
+    KvStore, OcdbtReader, OcdbtWriter, OcdbtWriterOptions, Result, StorageError, Store,
 };
+
+/// Prefix of the per-writer OCDBT database directories inside an item.
+pub const OCDBT_PROCESS_PREFIX: &str = "ocdbt.process_";
+/// The manifest file of an OCDBT database.
+const OCDBT_MANIFEST: &str = "manifest.ocdbt";
 
 /// How array data is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,14 +52,33 @@ pub struct ArrayFormat {
 }
 
 impl Default for ArrayFormat {
+    /// Orbax 0.12's default: zarr v2 in OCDBT, zstd level 1.
     fn default() -> ArrayFormat {
-        // TODO: switch use_ocdbt to true, Orbax's default, once the OCDBT
-        // writer is wired in here.
         ArrayFormat {
-            use_ocdbt: false,
+            use_ocdbt: true,
             use_zarr3: false,
             compression: Compression::Zstd { level: 1 },
         }
+    }
+}
+
+impl ArrayFormat {
+    /// Sets whether arrays are stored in OCDBT databases.
+    pub fn with_ocdbt(mut self, use_ocdbt: bool) -> ArrayFormat {
+        self.use_ocdbt = use_ocdbt;
+        self
+    }
+
+    /// Sets whether arrays are stored as zarr v3.
+    pub fn with_zarr3(mut self, use_zarr3: bool) -> ArrayFormat {
+        self.use_zarr3 = use_zarr3;
+        self
+    }
+
+    /// Sets the chunk compression.
+    pub fn with_compression(mut self, compression: Compression) -> ArrayFormat {
+        self.compression = compression;
+        self
     }
 }
 
@@ -73,22 +98,37 @@ pub struct StoredArray {
 #[derive(Debug)]
 pub struct ArrayWriter {
     kv: Arc<dyn KvStore>,
+    /// The writer's own database, committed by [`ArrayWriter::finish`].
+    ocdbt: Option<Arc<OcdbtWriter>>,
     format: ArrayFormat,
 }
 
 impl ArrayWriter {
     /// Opens a writer named `writer_name` (a process index, or `controller`)
     /// for the item directory `item`.
+    ///
+    /// With OCDBT the writer creates its own database
+    /// `ocdbt.process_<writer_name>/` in the item, so writers never share a
+    /// file; without it, chunks go straight into the item's directories.
     pub fn open(item: &Store, format: &ArrayFormat, writer_name: &str) -> Result<ArrayWriter> {
-        if format.use_ocdbt || format.use_zarr3 {
+        if format.use_zarr3 {
             return Err(StorageError::Unsupported {
                 store: item.url(),
-                operation: "writing OCDBT or zarr v3 (not yet implemented)",
+                operation: "writing zarr v3 (not yet implemented)",
             });
         }
-        let _ = writer_name;
+        if !format.use_ocdbt {
+            return Ok(ArrayWriter {
+                kv: Arc::new(item.clone()),
+                ocdbt: None,
+                format: format.clone(),
+            });
+        }
+        let database = item.child(&format!("{OCDBT_PROCESS_PREFIX}{writer_name}"))?;
+        let writer = Arc::new(OcdbtWriter::create(database, OcdbtWriterOptions::default())?);
         Ok(ArrayWriter {
-            kv: Arc::new(item.clone()),
+            kv: Arc::clone(&writer) as Arc<dyn KvStore>,
+            ocdbt: Some(writer),
             format: format.clone(),
         })
     }
@@ -119,15 +159,30 @@ impl ArrayWriter {
 
     /// Finishes the writer: commits its database where there is one.
     pub fn finish(self) -> Result<()> {
+        if let Some(writer) = &self.ocdbt {
+            writer.commit()?;
+        }
         Ok(())
     }
 }
 
 /// Merges the per-writer databases of an item into its root database, where
 /// the format uses OCDBT; does nothing otherwise.
+///
+/// The root refers to the writers' data files in place, so the
+/// `ocdbt.process_*` directories stay part of the checkpoint.
 pub fn finalize_item(item: &Store, format: &ArrayFormat) -> Result<()> {
-    let _ = (item, format);
-    Ok(())
+    if !format.use_ocdbt {
+        return Ok(());
+    }
+    let mut children = Vec::new();
+    for dir in item.list_dirs()? {
+        if dir.starts_with(OCDBT_PROCESS_PREFIX) && item.exists(&format!("{dir}/{OCDBT_MANIFEST}"))? {
+            children.push(dir);
+        }
+    }
+    let names: Vec<&str> = children.iter().map(String::as_str).collect();
+    merge_databases(item.clone(), &names)
 }
 
 fn zarr_v2_metadata(array: &StoredArray, format: &ArrayFormat) -> Result<ZarrV2Metadata> {
@@ -161,14 +216,13 @@ impl ArrayReader {
             Some(value) => value,
             None => item.exists("manifest.ocdbt")?,
         };
-        if use_ocdbt {
-            return Err(StorageError::Unsupported {
-                store: item.url(),
-                operation: "reading OCDBT (not yet implemented)",
-            });
-        }
+        let kv: Arc<dyn KvStore> = if use_ocdbt {
+            Arc::new(OcdbtReader::open(item.clone())?)
+        } else {
+            Arc::new(item.clone())
+        };
         Ok(ArrayReader {
-            kv: Arc::new(item.clone()),
+            kv,
             arrays: Mutex::new(HashMap::new()),
         })
     }

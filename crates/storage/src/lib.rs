@@ -81,7 +81,10 @@ pub use crate::{
     error::{Result, StorageError},
     key::validate_key,
     kvstore::KvStore,
-    layout::{finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression, StoredArray},
+    layout::{
+        finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression, StoredArray,
+        OCDBT_PROCESS_PREFIX,
+    },
     local::LocalBackend,
     object::ObjectStoreBackend,
     ocdbt::{

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ckpt_colocated::{ArraySpec, SaveItem, ShardedArray};
 use ckpt_core::{num_bytes_usize, IndexBox};
@@ -68,25 +68,21 @@ impl TypeHandler for ColocatedArrayHandler {
 
     fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> Result<Vec<SavedLeaf>> {
         let planned = plan_arrays(entries)?;
-        let hosts: BTreeSet<usize> = planned
-            .iter()
-            .flat_map(|plan| context.controller.hosts_of(plan.array.spec()))
-            .collect();
-        let hosts: Vec<usize> = hosts.into_iter().collect();
         let items = planned
             .iter()
-            .map(|plan| SaveItem {
-                id: plan.array.id(),
-                param_name: plan.param_name.clone(),
-                stored: plan.stored.clone(),
-                create_metadata: true,
+            .map(|plan| {
+                let item = SaveItem {
+                    id: plan.array.id(),
+                    param_name: plan.param_name.clone(),
+                    stored: plan.stored.clone(),
+                    create_metadata: true,
+                };
+                (plan.array, item)
             })
             .collect();
-        if !hosts.is_empty() {
-            context
-                .controller
-                .save_colocated(context.item, context.format, items, &hosts)?;
-        }
+        context
+            .controller
+            .save_colocated(context.item, context.format, items)?;
         planned.iter().map(saved_leaf).collect()
     }
 

@@ -45,6 +45,21 @@ pub struct OcdbtWriterOptions {
     pub target_node_bytes: u32,
 }
 
+impl OcdbtWriterOptions {
+    /// Sets the size B+tree nodes are split at, in encoded bytes; small
+    /// values give deep trees, which tests use.
+    pub fn with_target_node_bytes(mut self, bytes: u32) -> OcdbtWriterOptions {
+        self.target_node_bytes = bytes;
+        self
+    }
+
+    /// Sets the compression of B+tree nodes and the manifest.
+    pub fn with_compression(mut self, compression: OcdbtCompression) -> OcdbtWriterOptions {
+        self.compression = compression;
+        self
+    }
+}
+
 impl Default for OcdbtWriterOptions {
     fn default() -> OcdbtWriterOptions {
         OcdbtWriterOptions {
