@@ -209,7 +209,7 @@ impl PyTreeCheckpointer {
         let restore_args = broadcast_args(tree, args.restore_args.as_ref())?;
         let names: Vec<String> = flat.iter().map(|(path, _)| param_name(path)).collect();
 
-        let reader = ArrayReader::open(item, metadata.use_ocdbt)?;
+        let reader = open_array_reader(item, &metadata)?;
         let shardings = read_shardings(item)?;
         let context = RestoreContext {
             item,
@@ -348,6 +348,19 @@ pub(crate) fn read_tree_metadata(item: &Store) -> Result<TreeMetadata> {
         path: format!("{}/{METADATA_FILE}", item.url()),
         reason: err.to_string(),
     })
+}
+
+/// Opens the reader of an item's arrays in the format its `_METADATA` records.
+pub(crate) fn open_array_reader(item: &Store, metadata: &TreeMetadata) -> Result<ArrayReader> {
+    // TODO: pass use_zarr3 on once ArrayReader reads zarr v3. Until then it
+    // would look for .zarray files and report the first one as not found.
+    if metadata.use_zarr3 {
+        return Err(CkptError::UnsupportedFormat {
+            path: item.url(),
+            format: "zarr v3".into(),
+        });
+    }
+    Ok(ArrayReader::open(item, metadata.use_ocdbt)?)
 }
 
 /// Saves and restores trees of arrays and scalars (Orbax's

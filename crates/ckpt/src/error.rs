@@ -42,6 +42,14 @@ pub enum CkptError {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint whose arrays are stored in a format ckpt does not read.
+    #[error("cannot read {path}: its _METADATA says arrays are stored as {format}, which ckpt does not read yet, so restore it with Orbax and save it again in Orbax's default format (OCDBT with zarr v2)")]
+    UnsupportedFormat {
+        /// The checkpoint item directory.
+        path: String,
+        /// The storage format, such as `zarr v3`.
+        format: String,
+    },
     /// An error of the pytree model: a key that collides or escapes, or a
     /// structure mismatch.
     #[error(transparent)]

@@ -1,10 +1,10 @@
 use ckpt_core::{num_bytes, DType, IndexBox};
 use ckpt_pytree::{param_name, KeyPath, PyTree};
-use ckpt_storage::{open_committed, ArrayReader, Store};
+use ckpt_storage::{open_committed, Store};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    checkpointer::{read_shardings, read_tree_metadata},
+    checkpointer::{open_array_reader, read_shardings, read_tree_metadata},
     handlers::{
         string::{lookup, read_strings},
         ARRAY_VALUE_TYPE, HOST_ARRAY_VALUE_TYPE, SCALAR_VALUE_TYPE, STRING_VALUE_TYPE,
@@ -57,7 +57,7 @@ pub fn metadata(parent: &Store, name: &str) -> Result<CheckpointMetadata> {
 /// Reads the metadata of an opened checkpoint item.
 pub fn item_metadata(item: &Store) -> Result<CheckpointMetadata> {
     let tree_metadata = read_tree_metadata(item)?;
-    let reader = ArrayReader::open(item, tree_metadata.use_ocdbt)?;
+    let reader = open_array_reader(item, &tree_metadata)?;
     let shardings = read_shardings(item)?;
     let tree = tree_metadata.tree.as_ref().try_map_with_path(|path, value| {
         let name = param_name(path);
@@ -111,7 +111,7 @@ pub struct LeafDigest {
 /// `None` have no digest and are left out.
 pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
     let tree_metadata = read_tree_metadata(item)?;
-    let reader = ArrayReader::open(item, tree_metadata.use_ocdbt)?;
+    let reader = open_array_reader(item, &tree_metadata)?;
     let tree = &tree_metadata.tree;
     let mut strings = None;
     let mut digests = Vec::new();
