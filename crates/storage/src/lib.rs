@@ -11,6 +11,8 @@
 //!   in-memory store ([`ObjectStoreBackend`]) from a path or URL.
 //! - [`ZarrArray`] reads and writes index boxes of a zarr v2 array in any
 //!   [`KvStore`], with the `.zarray` documents and zstd chunks Orbax writes.
+//! - [`ZarrV3Array`] does the same for zarr v3, with `zarr.json` and the
+//!   one-chunk shards that Orbax writes when `use_zarr3` is set.
 //! - [`PendingCheckpoint`] writes a checkpoint directory and commits it.
 //!   Where the backend renames directories atomically, it writes into
 //!   `<name>.orbax-checkpoint-tmp` and renames it; elsewhere it writes
@@ -70,6 +72,7 @@ mod ocdbt;
 mod open;
 mod store;
 mod zarr;
+mod zarr3;
 
 pub use crate::{
     backend::{Backend, Capabilities},
@@ -94,4 +97,5 @@ pub use crate::{
     open::open_store,
     store::Store,
     zarr::{MissingChunks, ZarrArray, ZarrCompressor, ZarrV2Metadata, MAX_ZARRAY_BYTES},
+    zarr3::{ZarrV3Array, ZarrV3Compressor, ZarrV3Metadata, MAX_ZARR_JSON_BYTES},
 };
