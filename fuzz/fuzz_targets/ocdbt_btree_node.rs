@@ -10,7 +10,7 @@ use ckpt_fuzz::{repair_envelope, split_mode, split_path};
 use ckpt_storage::ocdbt_format::{decode_btree_node, decode_btree_node_body};
 use libfuzzer_sys::fuzz_target;
 
-/// Decoded size limit of the envelope; `ocdbt_envelope` covers larger limits.
+/// Decoded size limit of the envelope. The `ocdbt_envelope` target covers larger limits.
 const MAX_DECODED_BYTES: u64 = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,7 @@ use ckpt_storage::ocdbt_format::{
 };
 use libfuzzer_sys::fuzz_target;
 
-/// The decoded size limit unless the selector's top bit asks for the largest one.
+/// The decoded size limit, unless the selector's top bit selects the largest one.
 const SMALL_LIMIT: u64 = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {

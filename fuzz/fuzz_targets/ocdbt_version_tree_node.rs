@@ -5,7 +5,7 @@
 //! of the node's file (see `ckpt_fuzz::split_path`), then the node. In
 //! body-only mode the rest is a parameter byte, then the table and the
 //! entries joined by `ckpt_fuzz::join_two`. The parameter byte's low 5 bits
-//! are the arity's base-2 logarithm, and its top bit asks for heights after
+//! are the arity's base-2 logarithm, and its top bit selects heights after
 //! the interior entries, as in a manifest.
 
 #![no_main]
@@ -17,7 +17,7 @@ use ckpt_storage::ocdbt_format::{
 };
 use libfuzzer_sys::fuzz_target;
 
-/// Decoded size limit of the envelope; `ocdbt_envelope` covers larger limits.
+/// Decoded size limit of the envelope. The `ocdbt_envelope` target covers larger limits.
 const MAX_DECODED_BYTES: u64 = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {

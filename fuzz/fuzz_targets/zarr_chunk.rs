@@ -15,11 +15,11 @@ use libfuzzer_sys::fuzz_target;
 
 /// Largest decoded chunk the target reads.
 ///
-/// NOTE: `ZarrArray` allocates a chunk's full decoded size, taken from the
-/// `.zarray`, before it decompresses the stored bytes. A document that
-/// declares gigabyte chunks therefore allocates gigabytes, which is the
-/// documented cost of reading such an array and not a parser fault, so the
-/// target skips those documents.
+/// NOTE: `ZarrArray` allocates and zeroes a chunk's full decoded size, taken
+/// from the `.zarray`, before it decompresses the stored bytes. A hostile
+/// document with a 1 GiB chunk and a 9-byte zstd frame makes it allocate
+/// 1 GiB before the read fails. The target skips such documents so that its
+/// runs look for other faults, and that allocation remains a gap in the reader.
 const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// Chunks read along the first dimensions: 4 along the first, 2 along the
