@@ -1,11 +1,57 @@
 //! Checks of the [`Backend`] contract that every backend's tests run.
 //!
-//! A backend's test module calls [`backend_tests!`] with a function that
-//! returns a guard (such as a temporary directory) and a fresh, empty backend.
+//! Backends in this crate call [`backend_tests!`] in their test module with
+//! a function that returns a guard (such as a temporary directory) and a
+//! fresh, empty backend. Other crates and integration tests call
+//! [`check_backend`], which runs every check of [`CONFORMANCE_CHECKS`].
+
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{Arc, Barrier},
+};
 
 use bytes::Bytes;
 
 use crate::{Backend, StorageError};
+
+/// One check of the [`Backend`] contract, which panics when the backend fails it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConformanceCheck {
+    /// Name of the check, such as `put_then_get`.
+    pub name: &'static str,
+    /// Runs the check on a fresh, empty backend.
+    pub run: fn(&dyn Backend),
+}
+
+/// Runs every check of [`CONFORMANCE_CHECKS`], each on a fresh, empty
+/// backend from `make`, and panics with the names and messages of the
+/// checks that failed.
+///
+/// It is meant for tests, where a panic is a failure: a framework author
+/// calls it from a test of their backend. The backend must start empty and
+/// be used by nothing else while the checks run. The checks write objects
+/// of up to 12 MiB.
+pub fn check_backend(mut make: impl FnMut() -> Arc<dyn Backend>) {
+    let mut failures = Vec::new();
+    for check in CONFORMANCE_CHECKS {
+        let backend = make();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (check.run)(backend.as_ref()))) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+                .unwrap_or_default();
+            failures.push(format!("{}: {message}", check.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} backend conformance checks failed:\n{}",
+        failures.len(),
+        CONFORMANCE_CHECKS.len(),
+        failures.join("\n")
+    );
+}
 
 fn put(backend: &dyn Backend, key: &str, value: &'static [u8]) {
     backend.put(key, Bytes::from_static(value)).unwrap();
@@ -187,11 +233,118 @@ pub(crate) fn escaping_keys_are_rejected(backend: &dyn Backend) {
     assert!(is_invalid_key(backend.delete_prefix("../")));
 }
 
-/// Generates one test per contract check for the backend that `$make` returns.
-macro_rules! backend_tests {
-    ($make:ident) => {
-        $crate::conformance::backend_tests!(
-            $make,
+pub(crate) fn put_if_absent_has_one_winner(backend: &dyn Backend) {
+    const WRITERS: usize = 8;
+    let barrier = Barrier::new(WRITERS);
+    let results: Vec<crate::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    backend.put_if_absent("race/marker", Bytes::from(vec![writer as u8]))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a writer thread panicked"))
+            .collect()
+    });
+
+    let winners: Vec<usize> = (0..WRITERS).filter(|&w| results[w].is_ok()).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "create-only writers that succeeded: {winners:?}"
+    );
+    for result in &results {
+        if let Err(err) = result {
+            assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        }
+    }
+    assert_eq!(
+        backend.get("race/marker").unwrap(),
+        Some(Bytes::from(vec![winners[0] as u8]))
+    );
+}
+
+/// Returns 12 MiB and 3 bytes of a pattern that differs in every 5 MiB part.
+fn large_value() -> Bytes {
+    let length = 12 * 1024 * 1024 + 3;
+    Bytes::from(
+        (0..length)
+            .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+pub(crate) fn large_object_round_trip(backend: &dyn Backend) {
+    let value = large_value();
+    backend.put("big/object", value.clone()).unwrap();
+    assert_eq!(
+        backend.size("big/object").unwrap(),
+        Some(value.len() as u64)
+    );
+    let read = backend.get("big/object").unwrap().unwrap();
+    assert!(
+        read == value,
+        "the object read back differs from the one written"
+    );
+}
+
+pub(crate) fn large_object_range_reads(backend: &dyn Backend) {
+    let value = large_value();
+    backend.put("big/object", value.clone()).unwrap();
+    let mib = 1024 * 1024u64;
+    // Ranges inside the first part, across the 5 MiB and 10 MiB part
+    // boundaries, and up to the last byte.
+    for range in [
+        0..10,
+        5 * mib - 7..5 * mib + 9,
+        3 * mib..11 * mib,
+        12 * mib..12 * mib + 3,
+    ] {
+        let read = backend
+            .get_range("big/object", range.clone())
+            .unwrap()
+            .unwrap();
+        let expected = value.slice(range.start as usize..range.end as usize);
+        assert!(read == expected, "range {range:?} differs");
+    }
+}
+
+pub(crate) fn dotted_keys_round_trip(backend: &dyn Backend) {
+    let keys = [
+        "params.dense.kernel/0.1",
+        "ocdbt.process_0/d/5b4a1c",
+        "step_1/_CHECKPOINT_METADATA",
+        "a-b_c=d/e~f",
+    ];
+    for key in keys {
+        backend
+            .put(key, Bytes::from(key.as_bytes().to_vec()))
+            .unwrap();
+    }
+    for key in keys {
+        assert_eq!(
+            backend.get(key).unwrap(),
+            Some(Bytes::from(key.as_bytes().to_vec())),
+            "{key}"
+        );
+    }
+    let mut sorted = keys.map(str::to_owned).to_vec();
+    sorted.sort();
+    assert_eq!(backend.list("").unwrap(), sorted);
+}
+
+/// Calls the macro `$callback` of this module with `$args` followed by the
+/// name of every check, so that one list feeds both [`CONFORMANCE_CHECKS`]
+/// and [`backend_tests!`].
+macro_rules! with_check_list {
+    ($callback:ident ! ($($args:tt)*)) => {
+        $crate::conformance::$callback!(
+            $($args)*
             get_missing_is_none,
             put_then_get,
             put_replaces_value,
@@ -203,6 +356,7 @@ macro_rules! backend_tests {
             get_range_missing_is_none,
             put_if_absent_writes_new_key,
             put_if_absent_rejects_existing,
+            put_if_absent_has_one_winner,
             size_of_object,
             list_is_recursive_and_sorted,
             list_prefix_is_a_directory,
@@ -211,8 +365,30 @@ macro_rules! backend_tests {
             delete_prefix_removes_tree,
             delete_missing_prefix_is_ok,
             delete_root_removes_everything,
-            escaping_keys_are_rejected
+            escaping_keys_are_rejected,
+            large_object_round_trip,
+            large_object_range_reads,
+            dotted_keys_round_trip
         );
+    };
+}
+
+macro_rules! declare_checks {
+    ($($check:ident),+) => {
+        /// Every check of the [`Backend`] contract, in the order [`check_backend`] runs them.
+        pub const CONFORMANCE_CHECKS: &[ConformanceCheck] = &[
+            $(ConformanceCheck { name: stringify!($check), run: $check }),+
+        ];
+    };
+}
+
+crate::conformance::with_check_list!(declare_checks!());
+
+/// Generates one test per contract check for the backend that `$make` returns.
+#[cfg(test)]
+macro_rules! backend_tests {
+    ($make:ident) => {
+        $crate::conformance::with_check_list!(backend_tests!($make,));
     };
     ($make:ident, $($check:ident),+) => {
         mod conformance {
@@ -227,4 +403,7 @@ macro_rules! backend_tests {
     };
 }
 
+#[cfg(test)]
 pub(crate) use backend_tests;
+pub(crate) use declare_checks;
+pub(crate) use with_check_list;

@@ -146,6 +146,48 @@ pub enum StorageError {
         /// The option or limit, the value found, and what to change.
         reason: String,
     },
+    /// A request that failed in a way that repeating it may fix, such as an
+    /// HTTP 503 or 429 response. [`crate::RetryBackend`] retries these.
+    #[error("{operation} {key} in {store} failed with a transient error")]
+    Transient {
+        /// The operation, such as read or write.
+        operation: &'static str,
+        /// The store, as its URL.
+        store: String,
+        /// The key or prefix involved.
+        key: String,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A request that did not finish within its deadline.
+    #[error("{operation} {key} in {store} timed out after {timeout:?}: raise the request timeout if the store is slow, or check that it is reachable")]
+    TimedOut {
+        /// The operation, such as read or write.
+        operation: &'static str,
+        /// The store, as its URL.
+        store: String,
+        /// The key or prefix involved.
+        key: String,
+        /// The deadline that passed.
+        timeout: std::time::Duration,
+    },
+    /// A store option with an invalid name or value.
+    #[error("invalid store option {option}: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        option: String,
+        /// The value found and the values accepted.
+        reason: String,
+    },
+    /// A URL scheme that cannot be registered for a user-defined backend.
+    #[error("cannot register a backend for scheme {scheme:?}: {reason}")]
+    InvalidScheme {
+        /// The scheme as given.
+        scheme: String,
+        /// The reason the scheme cannot be registered.
+        reason: String,
+    },
     /// An error of the core model, such as an invalid dtype or shape in metadata.
     #[error(transparent)]
     Core(#[from] ckpt_core::CoreError),

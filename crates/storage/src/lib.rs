@@ -7,8 +7,17 @@
 //! arrays as zarr chunks in a store; this crate knows nothing of devices or
 //! meshes.
 //!
-//! - [`open_store`] opens a local directory ([`LocalBackend`]) or an
-//!   in-memory store ([`ObjectStoreBackend`]) from a path or URL.
+//! - [`open_store`] opens a local directory ([`LocalBackend`]), an
+//!   in-memory store, or S3, GCS, Azure and HTTP stores through
+//!   object_store ([`ObjectStoreBackend`]) from a path or URL, with
+//!   [`StoreOptions`] for endpoints, credentials, retries and multipart
+//!   uploads. [`register_backend`] adds a backend of your own under a URL
+//!   scheme; its documentation shows a complete one, and
+//!   [`check_backend`] tests it against the [`Backend`] contract.
+//! - [`RetryBackend`] retries transient errors and puts a deadline on every
+//!   request of any backend. [`FaultyBackend`] and [`FaultyObjectStore`]
+//!   inject the errors, delays, hangs and short writes of a [`FaultPlan`]
+//!   for reliability tests.
 //! - [`ZarrArray`] reads and writes index boxes of a zarr v2 array in any
 //!   [`KvStore`], with the `.zarray` documents and zstd chunks Orbax writes.
 //! - [`ZarrV3Array`] does the same for zarr v3, with `zarr.json` and the
@@ -60,16 +69,20 @@
 
 mod backend;
 mod commit;
-#[cfg(test)]
 mod conformance;
 mod error;
+mod fault;
 mod key;
 mod kvstore;
 mod layout;
 mod local;
+mod multipart;
 mod object;
 mod ocdbt;
 mod open;
+mod options;
+mod registry;
+mod retry;
 mod store;
 mod zarr;
 mod zarr3;
@@ -81,7 +94,11 @@ pub use crate::{
         PendingCheckpoint, CHECKPOINT_METADATA_FILE, COMMIT_SUCCESS_FILE,
         MAX_CHECKPOINT_METADATA_BYTES, TMP_SUFFIX,
     },
+    conformance::{check_backend, ConformanceCheck, CONFORMANCE_CHECKS},
     error::{Result, StorageError},
+    fault::{
+        Fault, FaultPlan, FaultRule, FaultyBackend, FaultyObjectStore, InjectedFault, Operation,
+    },
     key::validate_key,
     kvstore::KvStore,
     layout::{
@@ -94,7 +111,10 @@ pub use crate::{
         format as ocdbt_format, merge_databases, OcdbtCompression, OcdbtConfig, OcdbtError,
         OcdbtReader, OcdbtWriter, OcdbtWriterOptions,
     },
-    open::open_store,
+    open::{open_object_store, open_store, open_store_with},
+    options::{MultipartConfig, RetryConfig, StoreOptions, MIN_PART_SIZE},
+    registry::{register_backend, register_object_store, BackendFactory},
+    retry::RetryBackend,
     store::Store,
     zarr::{MissingChunks, ZarrArray, ZarrCompressor, ZarrV2Metadata, MAX_ZARRAY_BYTES},
     zarr3::{ZarrV3Array, ZarrV3Compressor, ZarrV3Metadata, MAX_ZARR_JSON_BYTES},

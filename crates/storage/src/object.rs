@@ -1,4 +1,4 @@
-use std::{future::Future, io, ops::Range, sync::Arc, sync::OnceLock};
+use std::{future::Future, io, ops::Range, sync::Arc, sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -7,7 +7,11 @@ use object_store::{
 };
 use tokio::runtime::{Handle, Runtime};
 
-use crate::{validate_key, Backend, Capabilities, Result, StorageError};
+use crate::{
+    fault::is_injected_transient,
+    multipart::{put_multipart, UploadError},
+    validate_key, Backend, Capabilities, MultipartConfig, Result, StorageError,
+};
 
 /// A backend over any [`object_store::ObjectStore`], with blocking methods.
 ///
@@ -21,11 +25,19 @@ use crate::{validate_key, Backend, Capabilities, Result, StorageError};
 ///
 /// Object stores have no atomic rename, so checkpoints on them are written
 /// under their final name and committed by a marker file.
+///
+/// Writes of [`MultipartConfig::threshold`] bytes or more are multipart
+/// uploads, aborted when any part fails. With
+/// [`with_request_timeout`](Self::with_request_timeout), every request
+/// (and every part of an upload) fails with [`StorageError::TimedOut`]
+/// once the deadline passes.
 #[derive(Debug)]
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
     url: String,
     runtime: Handle,
+    multipart: MultipartConfig,
+    request_timeout: Option<Duration>,
 }
 
 impl ObjectStoreBackend {
@@ -51,7 +63,25 @@ impl ObjectStoreBackend {
             store,
             url: url.into(),
             runtime,
+            multipart: MultipartConfig::default(),
+            request_timeout: None,
         }
+    }
+
+    /// Sets when and how large writes are split into a multipart upload.
+    pub fn with_multipart(mut self, multipart: MultipartConfig) -> ObjectStoreBackend {
+        self.multipart = multipart;
+        self
+    }
+
+    /// Sets the deadline of every request; `None`, the default, sets none.
+    ///
+    /// object_store's HTTP clients have deadlines of their own. This one
+    /// also bounds stores without them, and the whole of a request
+    /// including the retries the client makes.
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> ObjectStoreBackend {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Creates a backend over a new, empty in-memory store at `memory://`.
@@ -68,15 +98,57 @@ impl ObjectStoreBackend {
         &self.store
     }
 
-    /// Runs `future` to completion on the runtime, unless this thread is inside a runtime.
-    fn block_on<F: Future>(&self, operation: &'static str, future: F) -> Result<F::Output> {
+    /// Runs `future` to completion on the runtime, unless this thread is
+    /// inside a runtime or the request deadline passes first.
+    fn block_on<F: Future>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        future: F,
+    ) -> Result<F::Output> {
         if Handle::try_current().is_ok() {
             return Err(StorageError::InsideAsyncRuntime {
                 store: self.url.clone(),
                 operation,
             });
         }
-        Ok(self.runtime.block_on(future))
+        let Some(timeout) = self.request_timeout else {
+            return Ok(self.runtime.block_on(future));
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, future).await })
+            .map_err(|_| self.timed_out(operation, key, timeout))
+    }
+
+    fn timed_out(&self, operation: &'static str, key: &str, timeout: Duration) -> StorageError {
+        StorageError::TimedOut {
+            operation,
+            store: self.url.clone(),
+            key: key.to_owned(),
+            timeout,
+        }
+    }
+
+    /// Writes `value` as a multipart upload, with the deadline on each request.
+    fn put_in_parts(&self, key: &str, path: &ObjectPath, value: Bytes) -> Result<()> {
+        if Handle::try_current().is_ok() {
+            return Err(StorageError::InsideAsyncRuntime {
+                store: self.url.clone(),
+                operation: "write",
+            });
+        }
+        let upload = put_multipart(
+            self.store.as_ref(),
+            path,
+            value,
+            &self.multipart,
+            self.request_timeout,
+        );
+        match self.runtime.block_on(upload) {
+            Ok(()) => Ok(()),
+            Err(UploadError::Store(error)) => Err(self.error("write", key, error)),
+            Err(UploadError::TimedOut(timeout)) => Err(self.timed_out("write", key, timeout)),
+        }
     }
 
     fn path_of(&self, key: &str) -> Result<ObjectPath> {
@@ -112,6 +184,12 @@ impl ObjectStoreBackend {
                     operation,
                 }
             }
+            error if is_injected_transient(&error) => StorageError::Transient {
+                operation,
+                store: self.url.clone(),
+                key: key.to_owned(),
+                source: Box::new(error),
+            },
             error => StorageError::Io {
                 operation,
                 store: self.url.clone(),
@@ -175,8 +253,9 @@ impl Backend for ObjectStoreBackend {
 
     fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path_of(key)?;
-        let fetched =
-            self.block_on("read", async { self.store.get(&path).await?.bytes().await })?;
+        let fetched = self.block_on("read", key, async {
+            self.store.get(&path).await?.bytes().await
+        })?;
         match fetched {
             Ok(bytes) => Ok(Some(bytes)),
             Err(error) if is_not_found(&error) => Ok(None),
@@ -198,7 +277,7 @@ impl Backend for ObjectStoreBackend {
             return Ok(Some(Bytes::new()));
         }
 
-        let fetched = self.block_on("read", self.store.get_range(&path, range.clone()))?;
+        let fetched = self.block_on("read", key, self.store.get_range(&path, range.clone()))?;
         let requested = range.end - range.start;
         match fetched {
             Ok(bytes) if bytes.len() as u64 == requested => Ok(Some(bytes)),
@@ -217,7 +296,10 @@ impl Backend for ObjectStoreBackend {
 
     fn put(&self, key: &str, value: Bytes) -> Result<()> {
         let path = self.path_of(key)?;
-        self.block_on("write", self.store.put(&path, PutPayload::from(value)))?
+        if value.len() >= self.multipart.threshold() {
+            return self.put_in_parts(key, &path, value);
+        }
+        self.block_on("write", key, self.store.put(&path, PutPayload::from(value)))?
             .map(drop)
             .map_err(|error| self.error("write", key, error))
     }
@@ -227,6 +309,7 @@ impl Backend for ObjectStoreBackend {
         let options = PutOptions::from(PutMode::Create);
         self.block_on(
             "create-only write",
+            key,
             self.store.put_opts(&path, PutPayload::from(value), options),
         )?
         .map(drop)
@@ -235,7 +318,7 @@ impl Backend for ObjectStoreBackend {
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
         let path = self.path_of(key)?;
-        match self.block_on("stat", self.store.head(&path))? {
+        match self.block_on("stat", key, self.store.head(&path))? {
             Ok(meta) => Ok(Some(meta.size)),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(error) => Err(self.error("stat", key, error)),
@@ -244,7 +327,7 @@ impl Backend for ObjectStoreBackend {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let path = self.prefix_path(prefix)?;
-        let listed = self.block_on("list", async {
+        let listed = self.block_on("list", prefix, async {
             self.store
                 .list(path.as_ref())
                 .map_ok(|meta| meta.location.to_string())
@@ -258,7 +341,11 @@ impl Backend for ObjectStoreBackend {
 
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         let path = self.prefix_path(prefix)?;
-        let listed = self.block_on("list", self.store.list_with_delimiter(path.as_ref()))?;
+        let listed = self.block_on(
+            "list",
+            prefix,
+            self.store.list_with_delimiter(path.as_ref()),
+        )?;
         let listed = listed.map_err(|error| self.error("list", prefix, error))?;
         let mut dirs: Vec<String> = listed
             .common_prefixes
@@ -271,7 +358,7 @@ impl Backend for ObjectStoreBackend {
 
     fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let path = self.prefix_path(prefix)?;
-        let deleted = self.block_on("delete", async {
+        let deleted = self.block_on("delete", prefix, async {
             let locations = self
                 .store
                 .list(path.as_ref())

@@ -1,13 +1,20 @@
 use std::{path::Path, sync::Arc};
 
-use object_store::memory::InMemory;
+use object_store::{memory::InMemory, path::Path as ObjectPath, ObjectStore, ObjectStoreScheme};
+use url::Url;
 
-use crate::{LocalBackend, ObjectStoreBackend, Result, StorageError, Store};
+use crate::{
+    registry::{registered, registered_schemes},
+    Backend, LocalBackend, ObjectStoreBackend, Result, RetryBackend, StorageError, Store,
+    StoreOptions,
+};
 
 /// The locations [`open_store`] accepts, for error messages.
-const SUPPORTED: &str = "expected a local path, a file:///absolute/path URL or memory://[name]";
+const SUPPORTED: &str = "expected a local path, a file:///absolute/path URL, memory://[name], \
+    s3://bucket/dir, gs://bucket/dir, az://container/dir, http(s)://host/dir \
+    or a URL of a scheme registered with register_backend";
 
-/// Opens the store at `location`.
+/// Opens the store at `location` with default options.
 ///
 /// Accepted locations:
 /// - a local path, relative or absolute, or a `file:///absolute/path` URL:
@@ -15,10 +22,33 @@ const SUPPORTED: &str = "expected a local path, a file:///absolute/path URL or m
 /// - `memory://`, `memory://name` or `memory://name/dir`: a new, empty
 ///   in-memory store on every call. To open one memory store several times,
 ///   share its backend instead: `Store::new(Arc::new(ObjectStoreBackend::memory()?))`
-///   and clones of that store.
+///   and clones of that store;
+/// - `s3://bucket/dir` (also `s3a://`), `gs://bucket/dir`, `az://`,
+///   `abfs(s)://`, `adl://`, `azure://` and `http(s)://host/dir` URLs,
+///   opened through object_store as [`open_store_with`] describes;
+/// - URLs of a scheme registered with [`crate::register_backend`].
 ///
 /// Any other URL scheme is [`StorageError::InvalidLocation`].
 pub fn open_store(location: &str) -> Result<Store> {
+    open_store_with(location, &StoreOptions::default())
+}
+
+/// Opens the store at `location` with `options`.
+///
+/// Cloud URLs are opened by object_store's builders, which read
+/// credentials and settings from the environment (`AWS_*`, `GOOGLE_*`,
+/// `AZURE_*`). Query parameters of the URL override those, and
+/// `options.config` overrides both:
+/// `s3://bucket/dir?endpoint=http://127.0.0.1:9000&allow_http=true` reaches
+/// an S3-compatible server. S3 requests use path-style addressing unless
+/// `virtual_hosted_style_request` is `true`, so bucket names with dots work.
+/// A config key that the store's builder does not accept fails the call
+/// with [`StorageError::InvalidOption`].
+///
+/// The retry settings go to object_store's HTTP client, except that a
+/// `request_timeout` of `None` keeps the client's default of 30 s. Writes
+/// of at least `options.multipart.threshold()` bytes are multipart uploads.
+pub fn open_store_with(location: &str, options: &StoreOptions) -> Result<Store> {
     let invalid = |reason: String| StorageError::InvalidLocation {
         location: location.to_owned(),
         reason,
@@ -27,11 +57,13 @@ pub fn open_store(location: &str) -> Result<Store> {
         return Err(invalid(format!("the location is empty: {SUPPORTED}")));
     }
 
-    match url_scheme(location).as_deref() {
-        None => open_local(Path::new(location)),
-        Some("file") => {
-            let url = url::Url::parse(location)
-                .map_err(|error| invalid(format!("{error}: {SUPPORTED}")))?;
+    let Some(scheme) = url_scheme(location) else {
+        return open_local(Path::new(location));
+    };
+    match scheme.as_str() {
+        "file" => {
+            let url =
+                Url::parse(location).map_err(|error| invalid(format!("{error}: {SUPPORTED}")))?;
             let path = url.to_file_path().map_err(|()| {
                 invalid(format!(
                     "a file URL needs an absolute path and no host other than localhost: {SUPPORTED}"
@@ -39,13 +71,162 @@ pub fn open_store(location: &str) -> Result<Store> {
             })?;
             open_local(&path)
         }
-        Some("memory") => open_memory(&location["memory://".len()..]),
-        // TODO: open s3://, gs://, az:// and http(s):// through object_store's
-        // cloud features, with credentials from the environment.
-        Some(scheme) => Err(invalid(format!(
-            "unsupported scheme {scheme:?}: {SUPPORTED}"
-        ))),
+        "memory" => open_memory(&location["memory://".len()..]),
+        "s3" | "s3a" | "gs" | "az" | "adl" | "azure" | "abfs" | "abfss" | "http" | "https" => {
+            open_cloud(location, options)
+        }
+        scheme => match registered(scheme) {
+            Some(factory) => open_registered(location, factory.as_ref(), options),
+            None => Err(invalid(format!(
+                "unsupported scheme {scheme:?}: {SUPPORTED} (registered: {:?})",
+                registered_schemes()
+            ))),
+        },
     }
+}
+
+/// Opens the object_store store of a cloud URL, with the settings [`open_store_with`] describes.
+///
+/// Returns the store and the path of the URL's directory inside it. This
+/// is for callers that wrap the store before handing it to an
+/// [`ObjectStoreBackend`], or that use object_store directly.
+pub fn open_object_store(
+    location: &str,
+    options: &StoreOptions,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    let invalid = |reason: String| StorageError::InvalidLocation {
+        location: location.to_owned(),
+        reason,
+    };
+    let (url, config) = split_query(location, options)?;
+    let (scheme, path) =
+        ObjectStoreScheme::parse(&url).map_err(|error| invalid(format!("{error}: {SUPPORTED}")))?;
+    let retry = options.retry.to_object_store();
+
+    let mut client_config = Vec::new();
+    if let Some(timeout) = options.retry.request_timeout {
+        client_config.push(("timeout".to_owned(), format!("{}ms", timeout.as_millis())));
+    }
+    if let Some(timeout) = options.retry.connect_timeout {
+        client_config.push((
+            "connect_timeout".to_owned(),
+            format!("{}ms", timeout.as_millis()),
+        ));
+    }
+    let config = client_config.into_iter().chain(config);
+
+    let built = match scheme {
+        ObjectStoreScheme::AmazonS3 => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(parse_key(&key)?, value);
+            }
+            builder
+                .with_retry(retry)
+                .build()
+                .map(|store| Arc::new(store) as Arc<dyn ObjectStore>)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut builder =
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(parse_key(&key)?, value);
+            }
+            builder
+                .with_retry(retry)
+                .build()
+                .map(|store| Arc::new(store) as Arc<dyn ObjectStore>)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut builder =
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (key, value) in config {
+                builder = builder.with_config(parse_key(&key)?, value);
+            }
+            builder
+                .with_retry(retry)
+                .build()
+                .map(|store| Arc::new(store) as Arc<dyn ObjectStore>)
+        }
+        ObjectStoreScheme::Http => {
+            // The HTTP store's root is the server; the URL's path is the directory.
+            let root = &url[..url::Position::BeforePath];
+            let mut builder = object_store::http::HttpBuilder::new().with_url(root);
+            for (key, value) in config {
+                builder = builder.with_config(parse_key(&key)?, value);
+            }
+            builder
+                .with_retry(retry)
+                .build()
+                .map(|store| Arc::new(store) as Arc<dyn ObjectStore>)
+        }
+        other => {
+            return Err(invalid(format!(
+                "{other:?} is not a cloud store: {SUPPORTED}"
+            )))
+        }
+    };
+    let store = built.map_err(|error| invalid(format!("object_store rejected it: {error}")))?;
+    Ok((store, path))
+}
+
+/// Parses an object_store configuration key of the builder that `K` belongs to.
+fn parse_key<K: std::str::FromStr>(key: &str) -> Result<K> {
+    key.parse().map_err(|_| StorageError::InvalidOption {
+        option: key.to_owned(),
+        reason: "the store does not know this key: see object_store's config keys of that store"
+            .to_owned(),
+    })
+}
+
+/// Removes the query from `location` and returns the URL with the
+/// configuration: the query's pairs, then `options.config`.
+fn split_query(location: &str, options: &StoreOptions) -> Result<(Url, Vec<(String, String)>)> {
+    let mut url = Url::parse(location).map_err(|error| StorageError::InvalidLocation {
+        location: location.to_owned(),
+        reason: format!("{error}: {SUPPORTED}"),
+    })?;
+    let mut config: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    url.set_query(None);
+    config.extend(options.config.iter().cloned());
+    Ok((url, config))
+}
+
+fn open_cloud(location: &str, options: &StoreOptions) -> Result<Store> {
+    let (store, path) = open_object_store(location, options)?;
+    let root = root_url(location, path.as_ref());
+    let backend = ObjectStoreBackend::new(store, root)?.with_multipart(options.multipart);
+    Store::new(Arc::new(backend)).child_or_root(path.as_ref())
+}
+
+fn open_registered(
+    location: &str,
+    factory: &dyn crate::registry::BackendFactory,
+    options: &StoreOptions,
+) -> Result<Store> {
+    let (url, config) = split_query(location, options)?;
+    let options = StoreOptions {
+        config,
+        ..options.clone()
+    };
+    let backend = factory.open(&url, &options)?;
+    let retrying: Arc<dyn Backend> = Arc::new(RetryBackend::new(backend, options.retry.clone()));
+    let dir = url.path().trim_matches('/').to_owned();
+    Store::new(retrying).child_or_root(&dir)
+}
+
+/// Returns `location` without its query and without the directory `path` at its end.
+fn root_url(location: &str, path: &str) -> String {
+    let without_query = location.split('?').next().unwrap_or(location);
+    let trimmed = without_query.trim_end_matches('/');
+    trimmed
+        .strip_suffix(path)
+        .map(|root| root.trim_end_matches('/'))
+        .unwrap_or(trimmed)
+        .to_owned()
 }
 
 fn open_local(path: &Path) -> Result<Store> {
@@ -56,12 +237,18 @@ fn open_local(path: &Path) -> Result<Store> {
 fn open_memory(rest: &str) -> Result<Store> {
     let (name, dir) = rest.split_once('/').unwrap_or((rest, ""));
     let backend = ObjectStoreBackend::new(Arc::new(InMemory::new()), format!("memory://{name}"))?;
-    let store = Store::new(Arc::new(backend));
-    let dir = dir.trim_matches('/');
-    if dir.is_empty() {
-        Ok(store)
-    } else {
-        store.child(dir)
+    Store::new(Arc::new(backend)).child_or_root(dir)
+}
+
+impl Store {
+    /// Returns the store for `dir` below this one, or this store when `dir` is empty.
+    fn child_or_root(self, dir: &str) -> Result<Store> {
+        let dir = dir.trim_matches('/');
+        if dir.is_empty() {
+            Ok(self)
+        } else {
+            self.child(dir)
+        }
     }
 }
 
@@ -148,10 +335,10 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_rejected() {
-        let err = open_store("s3://bucket/ckpt").unwrap_err();
+        let err = open_store("nosuchfs://bucket/ckpt").unwrap_err();
         assert!(matches!(err, StorageError::InvalidLocation { .. }), "{err}");
         let message = err.to_string();
-        assert!(message.contains("\"s3\""), "{message}");
+        assert!(message.contains("\"nosuchfs\""), "{message}");
         assert!(message.contains("file://"), "{message}");
         assert!(message.contains("memory://"), "{message}");
     }
