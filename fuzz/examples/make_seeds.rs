@@ -19,7 +19,7 @@ use ckpt_storage::{
         decode_version_tree_node, BtreeEntries, DataReference, Manifest, ManifestKind,
         BTREE_NODE_MAGIC, MANIFEST_MAGIC, MAX_DECODED_BYTES_LIMIT, VERSION_TREE_NODE_MAGIC,
     },
-    OcdbtCompression, ZarrCompressor, ZarrV2Metadata,
+    OcdbtCompression, ZarrCompressor, ZarrV2Metadata, ZarrV3Metadata,
 };
 use sha2::{Digest, Sha256};
 
@@ -48,6 +48,7 @@ fn main() -> Result<(), Error> {
         };
         match name {
             ".zarray" => add_zarr_seeds(&mut seeds, &path)?,
+            "zarr.json" => add_zarr3_seeds(&mut seeds, &path)?,
             "_METADATA" => seeds.add("tree_metadata", fs::read(&path)?),
             "_CHECKPOINT_METADATA" => seeds.add("checkpoint_metadata", fs::read(&path)?),
             "_sharding" => add_sharding_seeds(&mut seeds, &path)?,
@@ -133,6 +134,22 @@ fn add_zarr_seeds(seeds: &mut Seeds, path: &Path) -> Result<(), Error> {
         let raw_chunk = zstd::decode_all(chunk.as_slice())?;
         seeds.add("zarr_metadata", raw_document.clone());
         seeds.add("zarr_chunk", join(&raw_document, &raw_chunk)?);
+    }
+    Ok(())
+}
+
+/// Adds the `zarr.json`, and the document joined with its first chunk's shard.
+fn add_zarr3_seeds(seeds: &mut Seeds, path: &Path) -> Result<(), Error> {
+    let document = fs::read(path)?;
+    seeds.add("zarr3_metadata", document.clone());
+
+    let metadata = ZarrV3Metadata::parse(&document, &path.display().to_string())?;
+    let first_chunk = ZarrV3Metadata::chunk_key(&vec![0; metadata.shape().len()]);
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    if let Ok(shard) = fs::read(dir.join(first_chunk)) {
+        seeds.add("zarr3_chunk", join(&document, &shard)?);
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use ckpt_core::{num_bytes_usize, IndexBox};
-use ckpt_fuzz::{split_two, OneChunkKvStore};
-use ckpt_storage::{ZarrArray, ZarrV2Metadata};
+use ckpt_core::num_bytes_usize;
+use ckpt_fuzz::{region_to_read, split_two, OneChunkKvStore};
+use ckpt_storage::ZarrArray;
 use libfuzzer_sys::fuzz_target;
 
 /// Largest decoded chunk the target reads.
@@ -22,9 +22,8 @@ use libfuzzer_sys::fuzz_target;
 /// runs look for other faults, and that allocation remains a gap in the reader.
 const MAX_CHUNK_BYTES: usize = 1 << 20;
 
-/// Chunks read along the first dimensions: 4 along the first, 2 along the
-/// second and 1 along each other, so one run decodes at most 8 chunks.
-const CHUNKS_PER_DIM: [u64; 2] = [4, 2];
+/// Largest region the target reads, in bytes.
+const MAX_REGION_BYTES: u64 = 8 << 20;
 
 fuzz_target!(|data: &[u8]| {
     let (zarray, chunk) = split_two(data);
@@ -35,27 +34,14 @@ fuzz_target!(|data: &[u8]| {
     if metadata.chunk_num_bytes() > MAX_CHUNK_BYTES {
         return;
     }
-    let Some(region) = leading_region(metadata) else {
+    let dtype = metadata.dtype();
+    let Some(region) = region_to_read(metadata.shape(), metadata.chunks(), dtype, MAX_REGION_BYTES)
+    else {
         return;
     };
-    let Ok(len) = num_bytes_usize(&region.shape(), metadata.dtype()) else {
+    let Ok(len) = num_bytes_usize(&region.shape(), dtype) else {
         return;
     };
     let mut destination = vec![0u8; len];
     let _ = array.read_region(&region, &mut destination);
 });
-
-/// Returns the region at the array's origin that spans the chunks in [`CHUNKS_PER_DIM`].
-fn leading_region(metadata: &ZarrV2Metadata) -> Option<IndexBox> {
-    let stop: Vec<u64> = metadata
-        .shape()
-        .iter()
-        .zip(metadata.chunks())
-        .enumerate()
-        .map(|(dim, (&extent, &chunk))| {
-            let chunks = CHUNKS_PER_DIM.get(dim).copied().unwrap_or(1);
-            extent.min(chunk.saturating_mul(chunks))
-        })
-        .collect();
-    IndexBox::new(vec![0; stop.len()], stop).ok()
-}

@@ -13,6 +13,7 @@
 use std::{collections::BTreeSet, fmt, ops::Range};
 
 use bytes::Bytes;
+use ckpt_core::{num_bytes, DType, IndexBox};
 use ckpt_storage::{Backend, Capabilities, KvStore, StorageError};
 
 /// Bytes of the OCDBT envelope fields that [`repair_envelope`] rewrites and
@@ -120,22 +121,57 @@ pub fn repair_envelope(encoded: &[u8]) -> Vec<u8> {
     repaired
 }
 
-/// A read-only [`KvStore`] that contains one `.zarray` document and returns
-/// the same chunk bytes for every other key.
+/// Chunks that [`region_to_read`] spans along the first and second
+/// dimensions. It spans one chunk along each other dimension.
+const CHUNKS_PER_DIM: [u64; 2] = [4, 2];
+
+/// Returns the region a zarr target reads from an array of `shape` stored in
+/// chunks of `chunks`, or `None` when the ranks differ.
+///
+/// The region starts at the origin and spans up to 4 chunks along the first
+/// dimension, 2 along the second and 1 along each other, so a read decodes
+/// at most 8 chunks. When that region has more than `max_bytes`, the region
+/// is the first element alone, which still decodes one whole chunk.
+pub fn region_to_read(
+    shape: &[u64],
+    chunks: &[u64],
+    dtype: DType,
+    max_bytes: u64,
+) -> Option<IndexBox> {
+    if shape.len() != chunks.len() {
+        return None;
+    }
+    let stop: Vec<u64> = shape
+        .iter()
+        .zip(chunks)
+        .enumerate()
+        .map(|(dim, (&extent, &chunk))| {
+            let count = CHUNKS_PER_DIM.get(dim).copied().unwrap_or(1);
+            extent.min(chunk.saturating_mul(count))
+        })
+        .collect();
+    let fits = num_bytes(&stop, dtype).is_ok_and(|bytes| bytes <= max_bytes);
+    let stop = if fits { stop } else { vec![1; shape.len()] };
+    IndexBox::new(vec![0; shape.len()], stop).ok()
+}
+
+/// A read-only [`KvStore`] that contains one array metadata document, as
+/// `.zarray` (zarr v2) and `zarr.json` (zarr v3), and returns the same
+/// chunk bytes for every other key.
 ///
 /// Serving every chunk key lets a fuzzed metadata document with any chunk
 /// grid reach the chunk decoder.
 #[derive(Debug)]
 pub struct OneChunkKvStore {
-    zarray: Bytes,
+    metadata: Bytes,
     chunk: Bytes,
 }
 
 impl OneChunkKvStore {
-    /// Creates the store from the `.zarray` document and the stored chunk.
-    pub fn new(zarray: &[u8], chunk: &[u8]) -> OneChunkKvStore {
+    /// Creates the store from the metadata document and the stored chunk.
+    pub fn new(metadata: &[u8], chunk: &[u8]) -> OneChunkKvStore {
         OneChunkKvStore {
-            zarray: Bytes::copy_from_slice(zarray),
+            metadata: Bytes::copy_from_slice(metadata),
             chunk: Bytes::copy_from_slice(chunk),
         }
     }
@@ -147,8 +183,9 @@ impl KvStore for OneChunkKvStore {
     }
 
     fn read(&self, key: &str) -> ckpt_storage::Result<Option<Bytes>> {
-        if key == ".zarray" || key.ends_with("/.zarray") {
-            Ok(Some(self.zarray.clone()))
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if name == ".zarray" || name == "zarr.json" {
+            Ok(Some(self.metadata.clone()))
         } else {
             Ok(Some(self.chunk.clone()))
         }
@@ -334,6 +371,37 @@ mod tests {
         let checksum = crc32c::crc32c(&repaired[..16]);
         assert_eq!(repaired[16..], checksum.to_le_bytes());
         assert_eq!(repaired[12], 3);
+    }
+
+    #[test]
+    fn region_spans_leading_chunks() {
+        let region = region_to_read(&[10, 10, 10], &[2, 3, 4], DType::UInt8, 1 << 20).unwrap();
+        assert_eq!(region.stop(), [8, 6, 4]);
+    }
+
+    #[test]
+    fn region_clipped_to_shape() {
+        let region = region_to_read(&[3, 1], &[2, 3], DType::UInt8, 1 << 20).unwrap();
+        assert_eq!(region.stop(), [3, 1]);
+    }
+
+    #[test]
+    fn region_over_budget_is_one_element() {
+        let region = region_to_read(&[1 << 20], &[1 << 20], DType::Float32, 1024).unwrap();
+        assert_eq!(region.stop(), [1]);
+    }
+
+    #[test]
+    fn region_rank_mismatch() {
+        assert!(region_to_read(&[4], &[2, 2], DType::UInt8, 1024).is_none());
+    }
+
+    #[test]
+    fn kv_store_serves_metadata_and_chunk() {
+        let kv = OneChunkKvStore::new(b"{}", b"chunk");
+        assert_eq!(kv.read("a/zarr.json").unwrap().unwrap(), "{}");
+        assert_eq!(kv.read(".zarray").unwrap().unwrap(), "{}");
+        assert_eq!(kv.read("a/c/0/1").unwrap().unwrap(), "chunk");
     }
 
     #[test]

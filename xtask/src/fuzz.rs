@@ -22,6 +22,8 @@ use anyhow::{bail, ensure, Context, Result};
 pub(crate) const TARGETS: &[&str] = &[
     "zarr_metadata",
     "zarr_chunk",
+    "zarr3_metadata",
+    "zarr3_chunk",
     "tree_metadata",
     "sharding",
     "checkpoint_metadata",
