@@ -344,6 +344,33 @@ mod tests {
     }
 
     #[test]
+    fn s3_url_root_and_directory() {
+        // Building the store sends no request, so the endpoint is never contacted.
+        let options = StoreOptions::default()
+            .with("endpoint", "http://127.0.0.1:9")
+            .with("region", "us-east-1")
+            .with("access_key_id", "key")
+            .with("secret_access_key", "secret");
+        let store = open_store_with("s3://my.bucket/a/b?allow_http=true", &options).unwrap();
+        assert_eq!(store.url(), "s3://my.bucket/a/b");
+        assert_eq!(store.prefix(), "a/b/");
+        assert!(!store.capabilities().atomic_rename);
+    }
+
+    #[test]
+    fn cloud_option_unknown_key() {
+        let options = StoreOptions::default().with("no_such_key", "1");
+        let err = open_store_with("s3://bucket", &options).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidOption { .. }), "{err}");
+    }
+
+    #[test]
+    fn root_url_drops_directory_and_query() {
+        assert_eq!(root_url("s3://b/x/y?k=v", "x/y"), "s3://b");
+        assert_eq!(root_url("s3://b/", ""), "s3://b");
+    }
+
+    #[test]
     fn empty_location_is_rejected() {
         let err = open_store("").unwrap_err();
         assert!(matches!(err, StorageError::InvalidLocation { .. }), "{err}");

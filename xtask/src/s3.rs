@@ -1,0 +1,280 @@
+//! S3 throughput benchmark: a colocated ckpt save and restore into a moto
+//! server on loopback, against plain object_store puts and gets of the
+//! same bytes in the same run.
+
+use std::{
+    fmt,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use ckpt::{
+    colocated::{ArraySpec, Controller, InProcessRuntime},
+    device::{Mesh, PartitionSpec, Sharding, Topology},
+    pytree::PyTree,
+    storage::{open_object_store, open_store_with, StoreOptions},
+    ColocatedArrayHandler, DType, Leaf, LeafType, PyTreeRestore, SaveArgs, StandardCheckpointer,
+    StandardSave, TypeHandlerRegistry,
+};
+use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
+
+use crate::venv;
+
+/// Number of simulated hosts, each writing its share of the bytes.
+const HOSTS: usize = 4;
+
+/// Maximum time for moto to start responding.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Throughput of ckpt and of plain object_store on the same bytes, in one run.
+#[derive(Debug)]
+pub(crate) struct S3BenchReport {
+    /// Array bytes saved and restored, and put and got by the baseline.
+    pub(crate) bytes: u64,
+    /// Time of the colocated ckpt save, commit included.
+    pub(crate) ckpt_save: Duration,
+    /// Time of the ckpt restore of the whole array.
+    pub(crate) ckpt_restore: Duration,
+    /// Time of one object_store put per host, all concurrent.
+    pub(crate) plain_put: Duration,
+    /// Time of one object_store get per host, all concurrent.
+    pub(crate) plain_get: Duration,
+}
+
+impl fmt::Display for S3BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = self.bytes as f64 / (1024.0 * 1024.0);
+        let rate = |time: Duration| mib / time.as_secs_f64();
+        let rows = [
+            ("ckpt save (colocated)", self.ckpt_save),
+            ("ckpt restore", self.ckpt_restore),
+            ("object_store put", self.plain_put),
+            ("object_store get", self.plain_get),
+        ];
+        writeln!(f, "S3 on loopback moto, {mib:.0} MiB over {HOSTS} hosts:")?;
+        for (name, time) in rows {
+            writeln!(
+                f,
+                "  {name:<22} {:>8.2} s {:>8.1} MiB/s",
+                time.as_secs_f64(),
+                rate(time)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Measures S3 save and restore throughput on a moto server that it starts
+/// on 127.0.0.1 and stops before returning.
+///
+/// Saves a float32 array of `total_bytes` bytes (rounded down to a
+/// multiple of 4 per host), split by rows over [`HOSTS`] simulated hosts
+/// that each write their shard, then restores it. The baseline puts the
+/// same bytes as one object per host with object_store, all at once, and
+/// gets them back. moto comes from the venv that `ensure_venv` installs.
+pub(crate) fn bench_s3(root: &Path, total_bytes: u64) -> Result<S3BenchReport> {
+    let python = venv::ensure_venv(root).context("installing moto")?;
+    let moto = python.with_file_name("moto_server");
+    let server = MotoServer::start(&moto)?;
+    let options = server.options();
+
+    let per_host = usize::try_from(total_bytes / HOSTS as u64 / 4 * 4)?;
+    if per_host == 0 {
+        bail!("{total_bytes} bytes is too small to split over {HOSTS} hosts");
+    }
+    let data: Vec<u8> = (0..per_host * HOSTS)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4])
+        .collect();
+    let bytes = data.len() as u64;
+
+    server.create_bucket("ckpt-bench")?;
+    let (ckpt_save, ckpt_restore) = time_ckpt(&options, &data, per_host)?;
+
+    server.create_bucket("plain-bench")?;
+    let (plain_put, plain_get) = time_plain(&options, &data, per_host)?;
+
+    Ok(S3BenchReport {
+        bytes,
+        ckpt_save,
+        ckpt_restore,
+        plain_put,
+        plain_get,
+    })
+}
+
+/// Saves and restores `data` as a `[HOSTS, per_host / 4]` float32 array with ckpt.
+fn time_ckpt(options: &StoreOptions, data: &[u8], per_host: usize) -> Result<(Duration, Duration)> {
+    let topology = Topology::uniform(HOSTS, 1)?;
+    let runtime = InProcessRuntime::new(topology.clone())?;
+    let controller = Arc::new(Controller::new(Arc::new(runtime)));
+    let mut registry = TypeHandlerRegistry::with_defaults();
+    registry.register(LeafType::Array, Arc::new(ColocatedArrayHandler), true)?;
+    let checkpointer = StandardCheckpointer::new(Arc::clone(&controller)).with_registry(registry);
+
+    let mesh = Mesh::new(vec![HOSTS], ["x"], topology.device_ids())?;
+    let sharding = Sharding::named(mesh, PartitionSpec::new([Some("x"), None]))?;
+    let spec = ArraySpec {
+        shape: vec![HOSTS as u64, (per_host / 4) as u64],
+        dtype: DType::Float32,
+        sharding,
+    };
+    let array = controller.put_global(spec, data)?;
+    let parent = open_store_with("s3://ckpt-bench/checkpoints", options)?;
+
+    let tree = PyTree::dict([("w", PyTree::leaf(Leaf::Array(array)))]);
+    let args = StandardSave::new(tree).with_save_args(PyTree::leaf(SaveArgs::colocated()));
+    let started = Instant::now();
+    checkpointer.save(&parent, "step_1", args)?;
+    let save = started.elapsed();
+
+    let started = Instant::now();
+    let restored = checkpointer.restore(&parent, "step_1", PyTreeRestore::new())?;
+    let restore = started.elapsed();
+
+    let leaves = restored.flatten();
+    let Some((_, Leaf::Array(array))) = leaves.first() else {
+        bail!("the restored tree has no array leaf: {leaves:?}");
+    };
+    if controller.to_global_bytes(array)? != data {
+        bail!("the restored array differs from the saved one");
+    }
+    Ok((save, restore))
+}
+
+/// Puts `data` as one object per host with object_store, all at once, and gets them back.
+fn time_plain(
+    options: &StoreOptions,
+    data: &[u8],
+    per_host: usize,
+) -> Result<(Duration, Duration)> {
+    let (store, _) = open_object_store("s3://plain-bench", options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let paths: Vec<ObjectPath> = (0..HOSTS)
+        .map(|host| ObjectPath::from(format!("host_{host}")))
+        .collect();
+
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut puts = tokio::task::JoinSet::new();
+        for (host, path) in paths.iter().enumerate() {
+            let store = Arc::clone(&store);
+            let path = path.clone();
+            let payload = PutPayload::from(data[host * per_host..(host + 1) * per_host].to_vec());
+            puts.spawn(async move { store.put(&path, payload).await });
+        }
+        while let Some(result) = puts.join_next().await {
+            result??;
+        }
+        anyhow::Ok(())
+    })?;
+    let put = started.elapsed();
+
+    let started = Instant::now();
+    let parts = runtime.block_on(async {
+        let mut gets = tokio::task::JoinSet::new();
+        for (host, path) in paths.iter().enumerate() {
+            let store = Arc::clone(&store);
+            let path = path.clone();
+            gets.spawn(async move { (host, get_bytes(store.as_ref(), &path).await) });
+        }
+        let mut parts = vec![Vec::new(); HOSTS];
+        while let Some(joined) = gets.join_next().await {
+            let (host, bytes) = joined?;
+            parts[host] = bytes?;
+        }
+        anyhow::Ok(parts)
+    })?;
+    let get = started.elapsed();
+
+    if parts.concat() != data {
+        bail!("the objects read back differ from the ones written");
+    }
+    Ok((put, get))
+}
+
+async fn get_bytes(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Vec<u8>> {
+    Ok(store.get(path).await?.bytes().await?.to_vec())
+}
+
+/// A moto server on 127.0.0.1, stopped when dropped.
+struct MotoServer {
+    child: Child,
+    port: u16,
+}
+
+impl MotoServer {
+    fn start(moto: &PathBuf) -> Result<MotoServer> {
+        if !moto.is_file() {
+            bail!(
+                "{} is missing: the venv from python/requirements.txt should contain it",
+                moto.display()
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("failed to start {}", moto.display()))?;
+        let server = MotoServer { child, port };
+
+        let started = Instant::now();
+        while server.request("GET", "/").is_err() {
+            if started.elapsed() > START_TIMEOUT {
+                bail!("moto on port {port} did not respond within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    /// Returns options that reach this server with dummy credentials.
+    fn options(&self) -> StoreOptions {
+        StoreOptions::default()
+            .with("endpoint", format!("http://127.0.0.1:{}", self.port))
+            .with("allow_http", "true")
+            .with("region", "us-east-1")
+            .with("access_key_id", "bench")
+            .with("secret_access_key", "bench")
+    }
+
+    fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let response = self.request("PUT", &format!("/{bucket}"))?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("creating bucket {bucket} failed: {response}");
+        }
+        Ok(())
+    }
+
+    /// Sends one request without a body and returns the whole response.
+    fn request(&self, method: &str, path: &str) -> Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        // The server may have exited already, so errors are of no use here.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
