@@ -1,9 +1,12 @@
 //! The `ckpt` command: inspect checkpoints in the Orbax format, written by
 //! ckpt or by Python Orbax.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ckpt::{
     pytree::{Key, KeyPath, PyTree},
     storage::{open_committed, open_store, Store},
@@ -47,6 +50,18 @@ fn open_checkpoint(location: &str) -> Result<Store> {
         .file_name()
         .and_then(|name| name.to_str())
         .with_context(|| format!("{location} does not name a checkpoint directory"))?;
+    // open_store creates a missing directory, and inspecting must not
+    // create anything, so the path is checked first.
+    match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => bail!("{location} is not a directory: pass the path of a checkpoint directory"),
+        Err(error) if error.kind() == ErrorKind::NotFound => {
+            bail!("checkpoint directory {location} not found")
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot open checkpoint directory {location}"))
+        }
+    }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let parent = open_store(&parent.display().to_string())?;
     Ok(open_committed(&parent, name)?)
