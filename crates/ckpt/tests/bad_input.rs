@@ -42,7 +42,8 @@ fn plain_zarr2() -> ArrayFormat {
 fn sharded_w(controller: &Controller) -> ShardedArray {
     let devices = controller.runtime().topology().device_ids();
     let mesh = Mesh::new(vec![devices.len()], vec!["x"], devices).expect("a valid mesh");
-    let sharding = Sharding::named(mesh, PartitionSpec::new([Some("x"), None])).expect("a valid sharding");
+    let sharding =
+        Sharding::named(mesh, PartitionSpec::new([Some("x"), None])).expect("a valid sharding");
     let spec = ArraySpec {
         shape: vec![4, 2],
         dtype: DType::Float32,
@@ -65,7 +66,10 @@ fn sample_tree(controller: &Controller) -> PyTree<Leaf> {
 }
 
 /// Returns the error text of `result`, failing the test when it succeeded.
-fn error_text<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>, operation: &str) -> String {
+fn error_text<T: std::fmt::Debug, E: std::fmt::Display>(
+    result: Result<T, E>,
+    operation: &str,
+) -> String {
     match result {
         Ok(value) => panic!("{operation} succeeded with {value:?}"),
         Err(error) => error.to_string(),
@@ -74,7 +78,10 @@ fn error_text<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>, op
 
 fn assert_contains(message: &str, fragments: &[&str]) {
     for fragment in fragments {
-        assert!(message.contains(fragment), "{fragment:?} missing from {message:?}");
+        assert!(
+            message.contains(fragment),
+            "{fragment:?} missing from {message:?}"
+        );
     }
 }
 
@@ -86,12 +93,26 @@ fn assert_save_rejects_tree(tree: PyTree<Leaf>, fragments: &[&str]) {
     let (_dir, parent) = local_parent();
     let checkpointer = PyTreeCheckpointer::new(controller(1, 1));
 
-    let message = error_text(checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree)), "save");
+    let message = error_text(
+        checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree)),
+        "save",
+    );
     assert_contains(&message, fragments);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), Vec::<String>::new());
-    assert_eq!(parent.list().expect("list the parent"), Vec::<String>::new(), "files written");
-    assert_eq!(parent.list_dirs().expect("list the parent"), Vec::<String>::new(), "directories made");
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        parent.list().expect("list the parent"),
+        Vec::<String>::new(),
+        "files written"
+    );
+    assert_eq!(
+        parent.list_dirs().expect("list the parent"),
+        Vec::<String>::new(),
+        "directories made"
+    );
 }
 
 fn host_leaf(value: i32) -> PyTree<Leaf> {
@@ -101,7 +122,10 @@ fn host_leaf(value: i32) -> PyTree<Leaf> {
 
 #[test]
 fn save_rejects_colliding_keys() {
-    let tree = PyTree::dict([("a.b", host_leaf(1)), ("a", PyTree::dict([("b", host_leaf(2))]))]);
+    let tree = PyTree::dict([
+        ("a.b", host_leaf(1)),
+        ("a", PyTree::dict([("b", host_leaf(2))])),
+    ]);
     assert_save_rejects_tree(tree, &["\"a.b\"", "['a']['b']", "['a.b']"]);
 }
 
@@ -142,23 +166,35 @@ fn restore_rejects_local_tmp_dir() {
     let message = error_text(restored, "restore of the temporary directory");
     assert_contains(&message, &[&tmp_name, "is not committed"]);
 
-    let message = error_text(ckpt::metadata(&parent, &tmp_name), "metadata of the temporary directory");
+    let message = error_text(
+        ckpt::metadata(&parent, &tmp_name),
+        "metadata of the temporary directory",
+    );
     assert_contains(&message, &[&tmp_name, "is not committed"]);
 
     let restored = checkpointer.restore(&parent, "x", PyTreeRestore::new());
     let message = error_text(restored, "restore of the uncommitted name");
     assert_contains(&message, &["x not found"]);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), Vec::<String>::new());
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn restore_rejects_memory_without_marker() {
-    let parent = Store::new(Arc::new(ObjectStoreBackend::memory().expect("a memory store")));
+    let parent = Store::new(Arc::new(
+        ObjectStoreBackend::memory().expect("a memory store"),
+    ));
     let controller = controller(2, 2);
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
     checkpointer
-        .save(&parent, "complete", PyTreeSave::new(sample_tree(&controller)))
+        .save(
+            &parent,
+            "complete",
+            PyTreeSave::new(sample_tree(&controller)),
+        )
         .expect("save complete");
     // Copy every file but the commit marker, as a save interrupted before
     // its last write leaves them.
@@ -173,12 +209,18 @@ fn restore_rejects_memory_without_marker() {
 
     let restored = checkpointer.restore(&parent, "x", PyTreeRestore::new());
     let message = error_text(restored, "restore without a commit marker");
-    assert_contains(&message, &["memory://", "/x", "is not committed", COMMIT_SUCCESS_FILE]);
+    assert_contains(
+        &message,
+        &["memory://", "/x", "is not committed", COMMIT_SUCCESS_FILE],
+    );
 
     let message = error_text(open_committed(&parent, "x"), "open without a commit marker");
     assert_contains(&message, &["is not committed"]);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), vec!["complete".to_owned()]);
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        vec!["complete".to_owned()]
+    );
 }
 
 // Damaged array files of a committed checkpoint.
@@ -205,14 +247,23 @@ enum FailsOn {
 /// Checks that each reader of the checkpoint fails with every fragment in
 /// its message: a restore through the controller, a colocated restore on
 /// the hosts, and `leaf_digests`.
-fn assert_reads_fail(parent: &Store, controller: &Arc<Controller>, fails_on: FailsOn, fragments: &[&str]) {
+fn assert_reads_fail(
+    parent: &Store,
+    controller: &Arc<Controller>,
+    fails_on: FailsOn,
+    fragments: &[&str],
+) {
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(controller));
 
     let restored = checkpointer.restore(parent, "ckpt", PyTreeRestore::new());
     assert_contains(&error_text(restored, "restore"), fragments);
 
-    let colocated = PyTreeRestore::new().with_restore_args(PyTree::leaf(RestoreArgs::default().with_colocated(true)));
-    let message = error_text(checkpointer.restore(parent, "ckpt", colocated), "colocated restore");
+    let colocated = PyTreeRestore::new()
+        .with_restore_args(PyTree::leaf(RestoreArgs::default().with_colocated(true)));
+    let message = error_text(
+        checkpointer.restore(parent, "ckpt", colocated),
+        "colocated restore",
+    );
     assert_contains(&message, fragments);
     if fails_on == FailsOn::Host {
         assert_contains(&message, &["host ", "failed to restore shards"]);
@@ -256,21 +307,39 @@ fn unknown_dtype_fails_reads() {
     let (dir, parent, controller) = saved_plain_checkpoint();
     edit_file(&checkpoint_file(&dir, "w/.zarray"), "\"<f4\"", "\"<f5\"");
 
-    assert_reads_fail(&parent, &controller, FailsOn::Controller, &["w/.zarray", "unknown dtype \"<f5\""]);
+    assert_reads_fail(
+        &parent,
+        &controller,
+        FailsOn::Controller,
+        &["w/.zarray", "unknown dtype \"<f5\""],
+    );
 }
 
 #[test]
 fn overflowing_shape_fails_reads() {
     let (dir, parent, controller) = saved_plain_checkpoint();
-    edit_file(&checkpoint_file(&dir, "w/.zarray"), "\"shape\":[4,2]", "\"shape\":[18446744073709551615,2]");
+    edit_file(
+        &checkpoint_file(&dir, "w/.zarray"),
+        "\"shape\":[4,2]",
+        "\"shape\":[18446744073709551615,2]",
+    );
 
-    assert_reads_fail(&parent, &controller, FailsOn::Controller, &["w/.zarray", "18446744073709551615", "overflows"]);
+    assert_reads_fail(
+        &parent,
+        &controller,
+        FailsOn::Controller,
+        &["w/.zarray", "18446744073709551615", "overflows"],
+    );
 }
 
 // Hosts that fail during a save.
 
 /// Returns the restored bytes of `w` and the restored host array `h`.
-fn restored_values(checkpointer: &PyTreeCheckpointer, parent: &Store, name: &str) -> (Vec<u8>, Leaf) {
+fn restored_values(
+    checkpointer: &PyTreeCheckpointer,
+    parent: &Store,
+    name: &str,
+) -> (Vec<u8>, Leaf) {
     let restored = checkpointer
         .restore(parent, name, PyTreeRestore::new())
         .unwrap_or_else(|error| panic!("restore {name}: {error}"));
@@ -282,7 +351,10 @@ fn restored_values(checkpointer: &PyTreeCheckpointer, parent: &Store, name: &str
             _ => None,
         })
         .expect("w is a sharded array");
-    let bytes = checkpointer.controller().to_global_bytes(w).expect("w's bytes");
+    let bytes = checkpointer
+        .controller()
+        .to_global_bytes(w)
+        .expect("w's bytes");
     let h = leaves
         .iter()
         .find(|(path, _)| path.to_string() == "['h']")
@@ -295,7 +367,10 @@ fn restored_values(checkpointer: &PyTreeCheckpointer, parent: &Store, name: &str
 fn tree_with_dropped_array(controller: &Controller) -> PyTree<Leaf> {
     let dropped = sharded_w(controller);
     controller.drop_arrays(&[&dropped]).expect("drop w");
-    PyTree::dict([("w", PyTree::leaf(Leaf::Array(dropped))), ("h", host_leaf(5))])
+    PyTree::dict([
+        ("w", PyTree::leaf(Leaf::Array(dropped))),
+        ("h", host_leaf(5)),
+    ])
 }
 
 fn expected_w_bytes() -> Vec<u8> {
@@ -307,20 +382,37 @@ fn assert_failed_save_leaves_earlier(colocated: bool) {
     let (_dir, parent) = local_parent();
     let controller = controller(2, 2);
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
-    let args = |tree| PyTreeSave::new(tree).with_save_args(PyTree::leaf(SaveArgs::default().with_colocated(colocated)));
+    let args = |tree| {
+        PyTreeSave::new(tree)
+            .with_save_args(PyTree::leaf(SaveArgs::default().with_colocated(colocated)))
+    };
     checkpointer
         .save(&parent, "earlier", args(sample_tree(&controller)))
         .expect("save earlier");
 
-    let failed = checkpointer.save(&parent, "failed", args(tree_with_dropped_array(&controller)));
+    let failed = checkpointer.save(
+        &parent,
+        "failed",
+        args(tree_with_dropped_array(&controller)),
+    );
     let message = error_text(failed, "save of a dropped array");
     assert_contains(&message, &["host 0 failed to", "is not on host 0"]);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), vec!["earlier".to_owned()]);
-    assert_eq!(parent.list_dirs().expect("list the parent"), vec!["earlier".to_owned()], "a directory of the failed save is left");
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        vec!["earlier".to_owned()]
+    );
+    assert_eq!(
+        parent.list_dirs().expect("list the parent"),
+        vec!["earlier".to_owned()],
+        "a directory of the failed save is left"
+    );
     let (w, h) = restored_values(&checkpointer, &parent, "earlier");
     assert_eq!(w, expected_w_bytes());
-    assert_eq!(h, Leaf::HostArray(HostArray::from_vec(vec![3], vec![1i32, 2, 3]).expect("a host array")));
+    assert_eq!(
+        h,
+        Leaf::HostArray(HostArray::from_vec(vec![3], vec![1i32, 2, 3]).expect("a host array"))
+    );
 }
 
 #[test]
@@ -342,35 +434,67 @@ fn save_rejects_existing_name() {
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
     let colocated = PyTree::leaf(SaveArgs::colocated());
     checkpointer
-        .save(&parent, "ckpt", PyTreeSave::new(sample_tree(&controller)).with_save_args(colocated.clone()))
+        .save(
+            &parent,
+            "ckpt",
+            PyTreeSave::new(sample_tree(&controller)).with_save_args(colocated.clone()),
+        )
         .expect("save ckpt");
 
     let again = PyTreeSave::new(tree_with_dropped_array(&controller)).with_save_args(colocated);
-    let message = error_text(checkpointer.save(&parent, "ckpt", again), "second save of ckpt");
+    let message = error_text(
+        checkpointer.save(&parent, "ckpt", again),
+        "second save of ckpt",
+    );
     assert_contains(&message, &["/ckpt", "already exists"]);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), vec!["ckpt".to_owned()]);
-    assert_eq!(parent.list_dirs().expect("list the parent"), vec!["ckpt".to_owned()]);
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        vec!["ckpt".to_owned()]
+    );
+    assert_eq!(
+        parent.list_dirs().expect("list the parent"),
+        vec!["ckpt".to_owned()]
+    );
     let (w, _) = restored_values(&checkpointer, &parent, "ckpt");
     assert_eq!(w, expected_w_bytes());
 }
 
 #[test]
 fn memory_host_failure_leaves_nothing() {
-    let parent = Store::new(Arc::new(ObjectStoreBackend::memory().expect("a memory store")));
+    let parent = Store::new(Arc::new(
+        ObjectStoreBackend::memory().expect("a memory store"),
+    ));
     let controller = controller(2, 2);
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
     let colocated = PyTree::leaf(SaveArgs::colocated());
     checkpointer
-        .save(&parent, "earlier", PyTreeSave::new(sample_tree(&controller)).with_save_args(colocated.clone()))
+        .save(
+            &parent,
+            "earlier",
+            PyTreeSave::new(sample_tree(&controller)).with_save_args(colocated.clone()),
+        )
         .expect("save earlier");
 
     let failed = PyTreeSave::new(tree_with_dropped_array(&controller)).with_save_args(colocated);
-    let message = error_text(checkpointer.save(&parent, "failed", failed), "save of a dropped array");
+    let message = error_text(
+        checkpointer.save(&parent, "failed", failed),
+        "save of a dropped array",
+    );
     assert_contains(&message, &["host 0 failed to", "is not on host 0"]);
 
-    assert_eq!(list_committed(&parent).expect("list the parent"), vec!["earlier".to_owned()]);
-    assert_eq!(parent.child("failed").expect("a name").list().expect("list"), Vec::<String>::new());
+    assert_eq!(
+        list_committed(&parent).expect("list the parent"),
+        vec!["earlier".to_owned()]
+    );
+    assert_eq!(
+        parent
+            .child("failed")
+            .expect("a name")
+            .list()
+            .expect("list"),
+        Vec::<String>::new()
+    );
     let (w, _) = restored_values(&checkpointer, &parent, "earlier");
     assert_eq!(w, expected_w_bytes());
 }
@@ -379,10 +503,19 @@ fn memory_host_failure_leaves_nothing() {
 fn standard_save_rejects_strings() {
     let (_dir, parent) = local_parent();
     let checkpointer = ckpt::StandardCheckpointer::new(controller(1, 1));
-    let tree = PyTree::dict([("step", host_leaf(1)), ("note", PyTree::leaf(Leaf::from("text")))]);
+    let tree = PyTree::dict([
+        ("step", host_leaf(1)),
+        ("note", PyTree::leaf(Leaf::from("text"))),
+    ]);
 
     let saved = checkpointer.save(&parent, "ckpt", ckpt::StandardSave::new(tree));
     let message = error_text(saved, "standard save of a string");
-    assert_contains(&message, &["['note']", "StandardCheckpointer does not save strings"]);
-    assert_eq!(parent.list_dirs().expect("list the parent"), Vec::<String>::new());
+    assert_contains(
+        &message,
+        &["['note']", "StandardCheckpointer does not save strings"],
+    );
+    assert_eq!(
+        parent.list_dirs().expect("list the parent"),
+        Vec::<String>::new()
+    );
 }

@@ -17,7 +17,10 @@ use ckpt::{
     device::{DeviceId, Mesh, PartitionDim, PartitionSpec, Sharding},
     leaf_digests,
     pytree::PyTree,
-    storage::{list_committed, open_committed, open_store, ArrayFormat, ObjectStoreBackend, Store, COMMIT_SUCCESS_FILE, TMP_SUFFIX},
+    storage::{
+        list_committed, open_committed, ArrayFormat, LocalBackend, ObjectStoreBackend, Store,
+        COMMIT_SUCCESS_FILE, TMP_SUFFIX,
+    },
     DType, HostArray, Leaf, LeafType, PyTreeCheckpointer, PyTreeRestore, PyTreeSave, RestoreArgs,
     RestoreContext, RestoreEntry, SaveArgs, SaveContext, SaveEntry, SavedLeaf, Scalar,
     ScalarHandler, TypeHandler, TypeHandlerRegistry,
@@ -28,15 +31,21 @@ use tempfile::TempDir;
 
 use common::{controller, fixture_dir, open_fixture};
 
-/// Opens a new temporary directory as a store.
+/// Opens a new temporary directory as a store. Writes skip `fsync`, which
+/// these tests do not check and which makes saves of many small chunk
+/// files slow.
 fn local_parent() -> (TempDir, Store) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = open_store(dir.path().to_str().expect("UTF-8 path")).expect("open the directory");
-    (dir, store)
+    let backend = LocalBackend::new(dir.path())
+        .expect("open the directory")
+        .with_fsync(false);
+    (dir, Store::new(Arc::new(backend)))
 }
 
 fn memory_parent() -> Store {
-    Store::new(Arc::new(ObjectStoreBackend::memory().expect("a memory store")))
+    Store::new(Arc::new(
+        ObjectStoreBackend::memory().expect("a memory store"),
+    ))
 }
 
 /// Returns the array formats ckpt writes: Orbax's default (zarr v2 in
@@ -56,7 +65,12 @@ fn host_array(dtype: DType, shape: &[u64], seed: u64) -> HostArray {
     HostArray::from_bytes(shape.to_vec(), dtype, bytes).expect("a valid host array")
 }
 
-fn restore_all(checkpointer: &PyTreeCheckpointer, parent: &Store, name: &str, args: RestoreArgs) -> PyTree<Leaf> {
+fn restore_all(
+    checkpointer: &PyTreeCheckpointer,
+    parent: &Store,
+    name: &str,
+    args: RestoreArgs,
+) -> PyTree<Leaf> {
     let restore = PyTreeRestore::new().with_restore_args(PyTree::leaf(args));
     checkpointer
         .restore(parent, name, restore)
@@ -69,7 +83,10 @@ fn restore_all(checkpointer: &PyTreeCheckpointer, parent: &Store, name: &str, ar
 fn host_array_dtypes_round_trip() {
     let shape = [3, 5];
     let tree = PyTree::dict(DType::ALL.iter().enumerate().map(|(i, &dtype)| {
-        (dtype.name(), PyTree::leaf(Leaf::HostArray(host_array(dtype, &shape, i as u64))))
+        (
+            dtype.name(),
+            PyTree::leaf(Leaf::HostArray(host_array(dtype, &shape, i as u64))),
+        )
     }));
     for (format_name, format) in formats() {
         let (_dir, parent) = local_parent();
@@ -103,9 +120,13 @@ fn scalars_round_trip() {
     let tree = PyTree::dict(scalars.map(|(key, scalar)| (key, PyTree::leaf(Leaf::Scalar(scalar)))));
     let (_dir, parent) = local_parent();
     let checkpointer = PyTreeCheckpointer::new(controller(1, 1));
-    checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree.clone())).expect("save");
+    checkpointer
+        .save(&parent, "ckpt", PyTreeSave::new(tree.clone()))
+        .expect("save");
 
-    let restored = checkpointer.restore(&parent, "ckpt", PyTreeRestore::new()).expect("restore");
+    let restored = checkpointer
+        .restore(&parent, "ckpt", PyTreeRestore::new())
+        .expect("restore");
     for (key, scalar) in scalars {
         let path = [key.into()].into_iter().collect();
         let Some(PyTree::Leaf(Leaf::Scalar(found))) = restored.get(&path) else {
@@ -129,9 +150,13 @@ fn unicode_strings_round_trip() {
     let tree = PyTree::dict(strings.map(|(key, text)| (key, PyTree::leaf(Leaf::from(text)))));
     for parent in [local_parent().1, memory_parent()] {
         let checkpointer = PyTreeCheckpointer::new(controller(1, 1));
-        checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree.clone())).expect("save");
+        checkpointer
+            .save(&parent, "ckpt", PyTreeSave::new(tree.clone()))
+            .expect("save");
 
-        let restored = checkpointer.restore(&parent, "ckpt", PyTreeRestore::new()).expect("restore");
+        let restored = checkpointer
+            .restore(&parent, "ckpt", PyTreeRestore::new())
+            .expect("restore");
         assert_eq!(restored, tree, "{}", parent.url());
     }
 }
@@ -147,22 +172,46 @@ fn structure_round_trips() {
         ("empty_list", PyTree::list([])),
         ("empty_tuple", PyTree::tuple([])),
         ("none", PyTree::None),
-        ("pair", PyTree::tuple([leaf(1), PyTree::tuple([leaf(2), PyTree::None])])),
-        ("nested", PyTree::list([PyTree::list([leaf(3), PyTree::list([leaf(4), leaf(5)])]), PyTree::list([]), PyTree::dict([("x", leaf(6))])])),
+        (
+            "pair",
+            PyTree::tuple([leaf(1), PyTree::tuple([leaf(2), PyTree::None])]),
+        ),
+        (
+            "nested",
+            PyTree::list([
+                PyTree::list([leaf(3), PyTree::list([leaf(4), leaf(5)])]),
+                PyTree::list([]),
+                PyTree::dict([("x", leaf(6))]),
+            ]),
+        ),
     ]);
     let expected = PyTree::dict([
         ("empty_dict", PyTree::Dict(BTreeMap::new())),
         ("empty_list", PyTree::list([])),
         ("empty_tuple", PyTree::tuple([])),
         ("none", PyTree::None),
-        ("pair", PyTree::list([leaf(1), PyTree::list([leaf(2), PyTree::None])])),
-        ("nested", PyTree::list([PyTree::list([leaf(3), PyTree::list([leaf(4), leaf(5)])]), PyTree::list([]), PyTree::dict([("x", leaf(6))])])),
+        (
+            "pair",
+            PyTree::list([leaf(1), PyTree::list([leaf(2), PyTree::None])]),
+        ),
+        (
+            "nested",
+            PyTree::list([
+                PyTree::list([leaf(3), PyTree::list([leaf(4), leaf(5)])]),
+                PyTree::list([]),
+                PyTree::dict([("x", leaf(6))]),
+            ]),
+        ),
     ]);
     let (_dir, parent) = local_parent();
     let checkpointer = PyTreeCheckpointer::new(controller(1, 1));
-    checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree)).expect("save");
+    checkpointer
+        .save(&parent, "ckpt", PyTreeSave::new(tree))
+        .expect("save");
 
-    let restored = checkpointer.restore(&parent, "ckpt", PyTreeRestore::new()).expect("restore");
+    let restored = checkpointer
+        .restore(&parent, "ckpt", PyTreeRestore::new())
+        .expect("restore");
     assert_eq!(restored, expected);
 }
 
@@ -174,16 +223,53 @@ fn sharding_cases() -> Vec<(&'static str, Vec<u64>, Sharding)> {
     let first_four: Vec<DeviceId> = (0..4).map(DeviceId).collect();
     let row = Mesh::new(vec![4], vec!["x"], first_four).expect("a 1-D mesh");
     let grid = Mesh::new(vec![4, 2], vec!["x", "y"], all.clone()).expect("a 4x2 mesh");
-    let named = |mesh: &Mesh, spec: PartitionSpec| Sharding::named(mesh.clone(), spec).expect("a valid sharding");
+    let named = |mesh: &Mesh, spec: PartitionSpec| {
+        Sharding::named(mesh.clone(), spec).expect("a valid sharding")
+    };
     vec![
-        ("uneven_rows", vec![10, 3], named(&row, PartitionSpec::new([Some("x"), None]))),
-        ("uneven_grid", vec![9, 5], named(&grid, PartitionSpec::new([Some("x"), Some("y")]))),
-        ("grid", vec![8, 4], named(&grid, PartitionSpec::new([Some("x"), Some("y")]))),
-        ("grid_transposed", vec![6, 8], named(&grid, PartitionSpec::new([Some("y"), Some("x")]))),
-        ("two_axes_one_dim", vec![16], named(&grid, PartitionSpec::from_dims([PartitionDim::axes(["x", "y"])]))),
-        ("replicated_named", vec![5, 3], named(&grid, PartitionSpec::replicated())),
-        ("replicated", vec![7], Sharding::replicated(all).expect("a replicated sharding")),
-        ("single_device", vec![3, 3], Sharding::single_device(DeviceId(5))),
+        (
+            "uneven_rows",
+            vec![10, 3],
+            named(&row, PartitionSpec::new([Some("x"), None])),
+        ),
+        (
+            "uneven_grid",
+            vec![9, 5],
+            named(&grid, PartitionSpec::new([Some("x"), Some("y")])),
+        ),
+        (
+            "grid",
+            vec![8, 4],
+            named(&grid, PartitionSpec::new([Some("x"), Some("y")])),
+        ),
+        (
+            "grid_transposed",
+            vec![6, 8],
+            named(&grid, PartitionSpec::new([Some("y"), Some("x")])),
+        ),
+        (
+            "two_axes_one_dim",
+            vec![16],
+            named(
+                &grid,
+                PartitionSpec::from_dims([PartitionDim::axes(["x", "y"])]),
+            ),
+        ),
+        (
+            "replicated_named",
+            vec![5, 3],
+            named(&grid, PartitionSpec::replicated()),
+        ),
+        (
+            "replicated",
+            vec![7],
+            Sharding::replicated(all).expect("a replicated sharding"),
+        ),
+        (
+            "single_device",
+            vec![3, 3],
+            Sharding::single_device(DeviceId(5)),
+        ),
         ("scalar", vec![], named(&grid, PartitionSpec::replicated())),
     ]
 }
@@ -206,20 +292,35 @@ fn sharded_tree(controller: &Controller) -> ShardedTree {
         let mut leaves = Vec::new();
         for dtype in DType::ALL {
             seed += 1;
-            let spec = ArraySpec { shape: shape.clone(), dtype, sharding: sharding.clone() };
-            let array = controller.put_generated(spec, Generator::new(seed)).expect("put an array");
+            let spec = ArraySpec {
+                shape: shape.clone(),
+                dtype,
+                sharding: sharding.clone(),
+            };
+            let array = controller
+                .put_generated(spec, Generator::new(seed))
+                .expect("put an array");
             total_bytes += ckpt::core::num_bytes(&shape, dtype).expect("a small array");
             arrays.insert(format!("{case}.{}", dtype.name()), (array.clone(), seed));
             leaves.push((dtype.name(), PyTree::leaf(Leaf::Array(array))));
         }
         cases.push((case, PyTree::dict(leaves)));
     }
-    ShardedTree { tree: PyTree::dict(cases), arrays, total_bytes }
+    ShardedTree {
+        tree: PyTree::dict(cases),
+        arrays,
+        total_bytes,
+    }
 }
 
 /// Checks every restored sharded array against the saved one: shape,
 /// dtype, the boxes each device holds, and the global bytes.
-fn assert_sharded_restored(controller: &Controller, saved: &ShardedTree, restored: &PyTree<Leaf>, context: &str) {
+fn assert_sharded_restored(
+    controller: &Controller,
+    saved: &ShardedTree,
+    restored: &PyTree<Leaf>,
+    context: &str,
+) {
     let flat = restored.flatten();
     assert_eq!(flat.len(), saved.arrays.len(), "{context}: leaf count");
     for (path, leaf) in flat {
@@ -234,12 +335,26 @@ fn assert_sharded_restored(controller: &Controller, saved: &ShardedTree, restore
         if matches!(spec.sharding, Sharding::Replicated { .. }) {
             // A replicated sharding is written as a named sharding with an
             // empty partition spec, so compare where each device's data lies.
-            let boxes = |sharding: &Sharding| sharding.devices_indices_map(&spec.shape).expect("a valid sharding");
-            assert_eq!(boxes(&found.spec().sharding), boxes(&spec.sharding), "{context} {name}: device boxes");
+            let boxes = |sharding: &Sharding| {
+                sharding
+                    .devices_indices_map(&spec.shape)
+                    .expect("a valid sharding")
+            };
+            assert_eq!(
+                boxes(&found.spec().sharding),
+                boxes(&spec.sharding),
+                "{context} {name}: device boxes"
+            );
         } else {
-            assert_eq!(found.spec().sharding, spec.sharding, "{context} {name}: sharding");
+            assert_eq!(
+                found.spec().sharding,
+                spec.sharding,
+                "{context} {name}: sharding"
+            );
         }
-        let bytes = controller.to_global_bytes(found).expect("the restored bytes");
+        let bytes = controller
+            .to_global_bytes(found)
+            .expect("the restored bytes");
         let expected = Generator::new(*seed).global_bytes(spec.dtype, &spec.shape);
         assert_eq!(bytes, expected, "{context} {name}: values");
     }
@@ -257,8 +372,15 @@ fn sharded_dtypes_gather_round_trip() {
         let summary = checkpointer
             .save(&parent, "ckpt", PyTreeSave::new(saved.tree.clone()))
             .unwrap_or_else(|error| panic!("{format_name}: save: {error}"));
-        assert_eq!(summary.controller_array_bytes, saved.total_bytes, "{format_name}: bytes through the controller");
-        assert_eq!(controller.array_bytes() - before, saved.total_bytes, "{format_name}: controller count");
+        assert_eq!(
+            summary.controller_array_bytes, saved.total_bytes,
+            "{format_name}: bytes through the controller"
+        );
+        assert_eq!(
+            controller.array_bytes() - before,
+            saved.total_bytes,
+            "{format_name}: controller count"
+        );
 
         let restored = restore_all(&checkpointer, &parent, "ckpt", RestoreArgs::default());
         assert_sharded_restored(&controller, &saved, &restored, format_name);
@@ -274,15 +396,32 @@ fn sharded_dtypes_colocated_round_trip() {
         let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller)).with_format(format);
 
         let before = controller.array_bytes();
-        let args = PyTreeSave::new(saved.tree.clone()).with_save_args(PyTree::leaf(SaveArgs::colocated()));
+        let args =
+            PyTreeSave::new(saved.tree.clone()).with_save_args(PyTree::leaf(SaveArgs::colocated()));
         let summary = checkpointer
             .save(&parent, "ckpt", args)
             .unwrap_or_else(|error| panic!("{format_name}: save: {error}"));
-        assert_eq!(summary.controller_array_bytes, 0, "{format_name}: bytes through the controller");
-        assert_eq!(controller.array_bytes(), before, "{format_name}: controller count after save");
+        assert_eq!(
+            summary.controller_array_bytes, 0,
+            "{format_name}: bytes through the controller"
+        );
+        assert_eq!(
+            controller.array_bytes(),
+            before,
+            "{format_name}: controller count after save"
+        );
 
-        let restored = restore_all(&checkpointer, &parent, "ckpt", RestoreArgs::default().with_colocated(true));
-        assert_eq!(controller.array_bytes(), before, "{format_name}: controller count after restore");
+        let restored = restore_all(
+            &checkpointer,
+            &parent,
+            "ckpt",
+            RestoreArgs::default().with_colocated(true),
+        );
+        assert_eq!(
+            controller.array_bytes(),
+            before,
+            "{format_name}: controller count after restore"
+        );
         assert_sharded_restored(&controller, &saved, &restored, format_name);
     }
 }
@@ -295,14 +434,34 @@ fn colocated_and_gather_interchange() {
     let (_dir, parent) = local_parent();
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
 
-    let colocated = PyTreeSave::new(saved.tree.clone()).with_save_args(PyTree::leaf(SaveArgs::colocated()));
-    checkpointer.save(&parent, "colocated", colocated).expect("colocated save");
-    checkpointer.save(&parent, "gathered", PyTreeSave::new(saved.tree.clone())).expect("gather save");
+    let colocated =
+        PyTreeSave::new(saved.tree.clone()).with_save_args(PyTree::leaf(SaveArgs::colocated()));
+    checkpointer
+        .save(&parent, "colocated", colocated)
+        .expect("colocated save");
+    checkpointer
+        .save(&parent, "gathered", PyTreeSave::new(saved.tree.clone()))
+        .expect("gather save");
 
     let restored = restore_all(&checkpointer, &parent, "colocated", RestoreArgs::default());
-    assert_sharded_restored(&controller, &saved, &restored, "colocated save, gather restore");
-    let restored = restore_all(&checkpointer, &parent, "gathered", RestoreArgs::default().with_colocated(true));
-    assert_sharded_restored(&controller, &saved, &restored, "gather save, colocated restore");
+    assert_sharded_restored(
+        &controller,
+        &saved,
+        &restored,
+        "colocated save, gather restore",
+    );
+    let restored = restore_all(
+        &checkpointer,
+        &parent,
+        "gathered",
+        RestoreArgs::default().with_colocated(true),
+    );
+    assert_sharded_restored(
+        &controller,
+        &saved,
+        &restored,
+        "gather save, colocated restore",
+    );
 }
 
 /// Restores onto a different sharding than the one saved.
@@ -312,15 +471,22 @@ fn restore_reshards() {
     let saved = sharded_tree(&controller);
     let (_dir, parent) = local_parent();
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
-    checkpointer.save(&parent, "ckpt", PyTreeSave::new(saved.tree.clone())).expect("save");
+    checkpointer
+        .save(&parent, "ckpt", PyTreeSave::new(saved.tree.clone()))
+        .expect("save");
 
-    let (name, (array, seed)) = saved.arrays.iter().find(|(name, _)| name.as_str() == "uneven_grid.float32").expect("a saved array");
+    let (name, (array, seed)) = saved
+        .arrays
+        .iter()
+        .find(|(name, _)| name.as_str() == "uneven_grid.float32")
+        .expect("a saved array");
     let devices: Vec<DeviceId> = (0..8).rev().map(DeviceId).collect();
     let mesh = Mesh::new(vec![8], vec!["z"], devices).expect("a 1-D mesh");
     let target = ArraySpec {
         shape: array.spec().shape.clone(),
         dtype: array.spec().dtype,
-        sharding: Sharding::named(mesh, PartitionSpec::new([None, Some("z")])).expect("a valid sharding"),
+        sharding: Sharding::named(mesh, PartitionSpec::new([None, Some("z")]))
+            .expect("a valid sharding"),
     };
     let path = ckpt::pytree::KeyPath::from(vec!["uneven_grid".into(), "float32".into()]);
     for colocated in [false, true] {
@@ -329,14 +495,24 @@ fn restore_reshards() {
             *leaf_args = RestoreArgs::array(target.clone()).with_colocated(colocated);
         }
         let restored = checkpointer
-            .restore(&parent, "ckpt", PyTreeRestore::new().with_restore_args(args))
+            .restore(
+                &parent,
+                "ckpt",
+                PyTreeRestore::new().with_restore_args(args),
+            )
             .unwrap_or_else(|error| panic!("restore of {name}: {error}"));
         let Some(PyTree::Leaf(Leaf::Array(found))) = restored.get(&path) else {
             panic!("{name}: not restored as a sharded array");
         };
         assert_eq!(found.spec(), &target, "colocated {colocated}: spec");
-        let bytes = controller.to_global_bytes(found).expect("the restored bytes");
-        assert_eq!(bytes, Generator::new(*seed).global_bytes(DType::Float32, &target.shape), "colocated {colocated}: values");
+        let bytes = controller
+            .to_global_bytes(found)
+            .expect("the restored bytes");
+        assert_eq!(
+            bytes,
+            Generator::new(*seed).global_bytes(DType::Float32, &target.shape),
+            "colocated {colocated}: values"
+        );
     }
 }
 
@@ -353,12 +529,23 @@ impl TypeHandler for RecordingScalarHandler {
         ScalarHandler.value_type()
     }
 
-    fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> ckpt::Result<Vec<SavedLeaf>> {
-        self.save_dirs.lock().expect("the lock is not poisoned").push(context.item.url());
+    fn save(
+        &self,
+        context: &SaveContext<'_>,
+        entries: &[SaveEntry<'_>],
+    ) -> ckpt::Result<Vec<SavedLeaf>> {
+        self.save_dirs
+            .lock()
+            .expect("the lock is not poisoned")
+            .push(context.item.url());
         ScalarHandler.save(context, entries)
     }
 
-    fn restore(&self, context: &RestoreContext<'_>, entries: &[RestoreEntry<'_>]) -> ckpt::Result<Vec<Leaf>> {
+    fn restore(
+        &self,
+        context: &RestoreContext<'_>,
+        entries: &[RestoreEntry<'_>],
+    ) -> ckpt::Result<Vec<Leaf>> {
         ScalarHandler.restore(context, entries)
     }
 }
@@ -371,7 +558,11 @@ fn save_and_check(parent: &Store, name: &str) -> String {
     let recorder = Arc::new(RecordingScalarHandler::default());
     let mut registry = TypeHandlerRegistry::with_defaults();
     registry
-        .register(LeafType::Scalar, Arc::clone(&recorder) as Arc<dyn TypeHandler>, true)
+        .register(
+            LeafType::Scalar,
+            Arc::clone(&recorder) as Arc<dyn TypeHandler>,
+            true,
+        )
         .expect("register the recorder");
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller)).with_registry(registry);
 
@@ -382,7 +573,9 @@ fn save_and_check(parent: &Store, name: &str) -> String {
         dtype: DType::BFloat16,
         sharding: Sharding::named(mesh, PartitionSpec::new([Some("x"), None])).expect("a sharding"),
     };
-    let array = controller.put_generated(spec.clone(), Generator::new(3)).expect("put an array");
+    let array = controller
+        .put_generated(spec.clone(), Generator::new(3))
+        .expect("put an array");
     let host = host_array(DType::Int16, &[2, 3], 4);
     let tree = PyTree::dict([
         ("array", PyTree::leaf(Leaf::Array(array))),
@@ -390,21 +583,40 @@ fn save_and_check(parent: &Store, name: &str) -> String {
         ("step", PyTree::leaf(Leaf::Scalar(Scalar::Int(12)))),
         ("note", PyTree::leaf(Leaf::from("r\u{e9}sum\u{e9}"))),
     ]);
-    checkpointer.save(parent, name, PyTreeSave::new(tree)).expect("save");
+    checkpointer
+        .save(parent, name, PyTreeSave::new(tree))
+        .expect("save");
 
-    let restored = checkpointer.restore(parent, name, PyTreeRestore::new()).expect("restore");
+    let restored = checkpointer
+        .restore(parent, name, PyTreeRestore::new())
+        .expect("restore");
     let leaf = |key: &str| restored.get(&[key.into()].into_iter().collect()).cloned();
     let Some(PyTree::Leaf(Leaf::Array(found))) = leaf("array") else {
         panic!("array not restored as a sharded array");
     };
     assert_eq!(found.spec(), &spec);
-    let bytes = controller.to_global_bytes(&found).expect("the restored bytes");
-    assert_eq!(bytes, Generator::new(3).global_bytes(DType::BFloat16, &[6, 2]));
+    let bytes = controller
+        .to_global_bytes(&found)
+        .expect("the restored bytes");
+    assert_eq!(
+        bytes,
+        Generator::new(3).global_bytes(DType::BFloat16, &[6, 2])
+    );
     assert_eq!(leaf("host"), Some(PyTree::leaf(Leaf::HostArray(host))));
-    assert_eq!(leaf("step"), Some(PyTree::leaf(Leaf::Scalar(Scalar::Int(12)))));
-    assert_eq!(leaf("note"), Some(PyTree::leaf(Leaf::from("r\u{e9}sum\u{e9}"))));
+    assert_eq!(
+        leaf("step"),
+        Some(PyTree::leaf(Leaf::Scalar(Scalar::Int(12))))
+    );
+    assert_eq!(
+        leaf("note"),
+        Some(PyTree::leaf(Leaf::from("r\u{e9}sum\u{e9}")))
+    );
 
-    let dirs = recorder.save_dirs.lock().expect("the lock is not poisoned").clone();
+    let dirs = recorder
+        .save_dirs
+        .lock()
+        .expect("the lock is not poisoned")
+        .clone();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
 }
@@ -414,12 +626,26 @@ fn memory_store_commits_with_marker() {
     let parent = memory_parent();
     let save_dir = save_and_check(&parent, "ckpt");
 
-    assert!(save_dir.ends_with("/ckpt"), "the save wrote into {save_dir}");
+    assert!(
+        save_dir.ends_with("/ckpt"),
+        "the save wrote into {save_dir}"
+    );
     let checkpoint = parent.child("ckpt").expect("a child store");
-    let marker = checkpoint.get(COMMIT_SUCCESS_FILE).expect("read the marker");
+    let marker = checkpoint
+        .get(COMMIT_SUCCESS_FILE)
+        .expect("read the marker");
     let marker = marker.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    assert_eq!(marker, Some(format!("Checkpoint commit was successful to {}", checkpoint.url())));
-    assert_eq!(list_committed(&parent).expect("list"), vec!["ckpt".to_owned()]);
+    assert_eq!(
+        marker,
+        Some(format!(
+            "Checkpoint commit was successful to {}",
+            checkpoint.url()
+        ))
+    );
+    assert_eq!(
+        list_committed(&parent).expect("list"),
+        vec!["ckpt".to_owned()]
+    );
     assert_eq!(parent.list_dirs().expect("list"), vec!["ckpt".to_owned()]);
 }
 
@@ -428,13 +654,29 @@ fn local_store_commits_by_rename() {
     let (dir, parent) = local_parent();
     let save_dir = save_and_check(&parent, "ckpt");
 
-    assert!(save_dir.ends_with(&format!("/ckpt{TMP_SUFFIX}")), "the save wrote into {save_dir}");
+    assert!(
+        save_dir.ends_with(&format!("/ckpt{TMP_SUFFIX}")),
+        "the save wrote into {save_dir}"
+    );
     let final_dir = dir.path().join("ckpt");
-    let marker = std::fs::read_to_string(final_dir.join(COMMIT_SUCCESS_FILE)).expect("read the marker");
+    let marker =
+        std::fs::read_to_string(final_dir.join(COMMIT_SUCCESS_FILE)).expect("read the marker");
     let final_path = std::fs::canonicalize(&final_dir).expect("the final directory");
-    assert_eq!(marker, format!("Checkpoint commit was successful to {}", final_path.display()));
-    assert!(!dir.path().join(format!("ckpt{TMP_SUFFIX}")).exists(), "the temporary directory is left");
-    assert_eq!(list_committed(&parent).expect("list"), vec!["ckpt".to_owned()]);
+    assert_eq!(
+        marker,
+        format!(
+            "Checkpoint commit was successful to {}",
+            final_path.display()
+        )
+    );
+    assert!(
+        !dir.path().join(format!("ckpt{TMP_SUFFIX}")).exists(),
+        "the temporary directory is left"
+    );
+    assert_eq!(
+        list_committed(&parent).expect("list"),
+        vec!["ckpt".to_owned()]
+    );
 }
 
 #[test]
@@ -443,14 +685,20 @@ fn checkpoint_metadata_records_handler() {
     save_and_check(&parent, "ckpt");
 
     let item = open_committed(&parent, "ckpt").expect("ckpt is committed");
-    let text = item.get_required("_CHECKPOINT_METADATA").expect("read _CHECKPOINT_METADATA");
+    let text = item
+        .get_required("_CHECKPOINT_METADATA")
+        .expect("read _CHECKPOINT_METADATA");
     let document: Value = serde_json::from_slice(&text).expect("JSON");
     assert_eq!(
         document["item_handlers"],
         "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
     );
-    let init = document["init_timestamp_nsecs"].as_u64().expect("an init time");
-    let commit = document["commit_timestamp_nsecs"].as_u64().expect("a commit time");
+    let init = document["init_timestamp_nsecs"]
+        .as_u64()
+        .expect("an init time");
+    let commit = document["commit_timestamp_nsecs"]
+        .as_u64()
+        .expect("a commit time");
     assert!(init <= commit, "init {init} after commit {commit}");
 }
 
@@ -466,20 +714,36 @@ fn metadata_reads_no_arrays() {
 
     let devices = controller.runtime().topology().device_ids();
     let mesh = Mesh::new(vec![2, 2], vec!["x", "y"], devices).expect("a mesh");
-    let sharding = Sharding::named(mesh, PartitionSpec::new([Some("y"), Some("x")])).expect("a sharding");
-    let spec = ArraySpec { shape: vec![4, 6], dtype: DType::Float16, sharding: sharding.clone() };
-    let array = controller.put_generated(spec, Generator::new(9)).expect("put an array");
+    let sharding =
+        Sharding::named(mesh, PartitionSpec::new([Some("y"), Some("x")])).expect("a sharding");
+    let spec = ArraySpec {
+        shape: vec![4, 6],
+        dtype: DType::Float16,
+        sharding: sharding.clone(),
+    };
+    let array = controller
+        .put_generated(spec, Generator::new(9))
+        .expect("put an array");
     let tree = PyTree::dict([
         ("w", PyTree::leaf(Leaf::Array(array))),
-        ("opt", PyTree::tuple([PyTree::leaf(Leaf::HostArray(host_array(DType::UInt32, &[5], 1))), PyTree::None])),
+        (
+            "opt",
+            PyTree::tuple([
+                PyTree::leaf(Leaf::HostArray(host_array(DType::UInt32, &[5], 1))),
+                PyTree::None,
+            ]),
+        ),
         ("step", PyTree::leaf(Leaf::Scalar(Scalar::Float(1.5)))),
         ("name", PyTree::leaf(Leaf::from("run"))),
     ]);
-    checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree)).expect("save");
+    checkpointer
+        .save(&parent, "ckpt", PyTreeSave::new(tree))
+        .expect("save");
 
     // Delete every chunk: metadata must not need them.
     for key in parent.child("ckpt").expect("a child").list().expect("list") {
-        let is_chunk = key.contains('/') && !key.ends_with("/.zarray") && !key.starts_with("array_metadatas/");
+        let is_chunk =
+            key.contains('/') && !key.ends_with("/.zarray") && !key.starts_with("array_metadatas/");
         if is_chunk {
             std::fs::remove_file(dir.path().join("ckpt").join(&key)).expect("delete a chunk");
         }
@@ -521,9 +785,20 @@ fn metadata_reads_no_arrays() {
     assert_eq!(name.dtype, None);
     assert_eq!(name.shape, None);
 
-    let opt = metadata.tree.get(&["opt".into()].into_iter().collect()).expect("opt");
-    assert_eq!(opt.kind(), ckpt::pytree::NodeKind::List, "a tuple's metadata is a list");
-    let none = metadata.tree.get(&["opt".into(), ckpt::pytree::Key::Index(1)].into_iter().collect());
+    let opt = metadata
+        .tree
+        .get(&["opt".into()].into_iter().collect())
+        .expect("opt");
+    assert_eq!(
+        opt.kind(),
+        ckpt::pytree::NodeKind::List,
+        "a tuple's metadata is a list"
+    );
+    let none = metadata.tree.get(
+        &["opt".into(), ckpt::pytree::Key::Index(1)]
+            .into_iter()
+            .collect(),
+    );
     assert_eq!(none, Some(&PyTree::None));
 }
 
@@ -538,12 +813,33 @@ fn save_fixture_b_tree(dir: &TempDir, parent: &Store) -> std::path::PathBuf {
     let mesh = Mesh::new(vec![4, 2], vec!["x", "y"], devices).expect("a 4x2 mesh");
     let put = |shape: Vec<u64>, dtype, spec, bytes: &[u8]| {
         let sharding = Sharding::named(mesh.clone(), spec).expect("a sharding");
-        controller.put_global(ArraySpec { shape, dtype, sharding }, bytes).expect("put an array")
+        controller
+            .put_global(
+                ArraySpec {
+                    shape,
+                    dtype,
+                    sharding,
+                },
+                bytes,
+            )
+            .expect("put an array")
     };
     let kernel: Vec<f32> = (0..128).map(|i| i as f32).collect();
-    let kernel = put(vec![16, 8], DType::Float32, PartitionSpec::new([Some("x"), Some("y")]), bytemuck::cast_slice(&kernel));
-    let bias: Vec<half::bf16> = (0..8).map(|i| half::bf16::from_f32(i as f32 * 0.5)).collect();
-    let bias = put(vec![8], DType::BFloat16, PartitionSpec::replicated(), bytemuck::cast_slice(&bias));
+    let kernel = put(
+        vec![16, 8],
+        DType::Float32,
+        PartitionSpec::new([Some("x"), Some("y")]),
+        bytemuck::cast_slice(&kernel),
+    );
+    let bias: Vec<half::bf16> = (0..8)
+        .map(|i| half::bf16::from_f32(i as f32 * 0.5))
+        .collect();
+    let bias = put(
+        vec![8],
+        DType::BFloat16,
+        PartitionSpec::replicated(),
+        bytemuck::cast_slice(&bias),
+    );
 
     let tree = PyTree::dict([
         ("lr", PyTree::leaf(Leaf::Scalar(Scalar::Float(0.125)))),
@@ -551,26 +847,44 @@ fn save_fixture_b_tree(dir: &TempDir, parent: &Store) -> std::path::PathBuf {
         (
             "opt",
             PyTree::list([
-                PyTree::leaf(Leaf::HostArray(HostArray::from_vec(vec![5], (0..5).collect::<Vec<i32>>()).expect("opt.0"))),
+                PyTree::leaf(Leaf::HostArray(
+                    HostArray::from_vec(vec![5], (0..5).collect::<Vec<i32>>()).expect("opt.0"),
+                )),
                 PyTree::tuple([
-                    PyTree::leaf(Leaf::HostArray(HostArray::from_vec(vec![3], vec![0.5f32, 1.5, 2.5]).expect("opt.1.0"))),
-                    PyTree::leaf(Leaf::HostArray(HostArray::from_vec(vec![2, 2], vec![-2i64, -1, 0, 1]).expect("opt.1.1"))),
+                    PyTree::leaf(Leaf::HostArray(
+                        HostArray::from_vec(vec![3], vec![0.5f32, 1.5, 2.5]).expect("opt.1.0"),
+                    )),
+                    PyTree::leaf(Leaf::HostArray(
+                        HostArray::from_vec(vec![2, 2], vec![-2i64, -1, 0, 1]).expect("opt.1.1"),
+                    )),
                 ]),
             ]),
         ),
-        ("params", PyTree::dict([("dense", PyTree::dict([("bias", PyTree::leaf(Leaf::Array(bias))), ("kernel", PyTree::leaf(Leaf::Array(kernel)))]))])),
+        (
+            "params",
+            PyTree::dict([(
+                "dense",
+                PyTree::dict([
+                    ("bias", PyTree::leaf(Leaf::Array(bias))),
+                    ("kernel", PyTree::leaf(Leaf::Array(kernel))),
+                ]),
+            )]),
+        ),
         ("step", PyTree::leaf(Leaf::Scalar(Scalar::Int(7)))),
     ]);
 
     let mut plain = ArrayFormat::default();
     plain.use_ocdbt = false;
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller)).with_format(plain);
-    checkpointer.save(parent, "ckpt", PyTreeSave::new(tree)).expect("save");
+    checkpointer
+        .save(parent, "ckpt", PyTreeSave::new(tree))
+        .expect("save");
     dir.path().join("ckpt")
 }
 
 fn read_json(path: &std::path::Path) -> Value {
-    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
@@ -598,7 +912,10 @@ fn metadata_file_matches_orbax() {
     let ours = save_fixture_b_tree(&dir, &parent);
     let orbax = fixture_dir("b_pytree_zarr2_no_ocdbt").join("ckpt");
 
-    assert_eq!(read_json(&ours.join("_METADATA")), read_json(&orbax.join("_METADATA")));
+    assert_eq!(
+        read_json(&ours.join("_METADATA")),
+        read_json(&orbax.join("_METADATA"))
+    );
 }
 
 #[test]
@@ -609,8 +926,10 @@ fn sharding_file_matches_orbax() {
 
     let ours = std::fs::read_to_string(ours.join("_sharding")).expect("our _sharding");
     let orbax = std::fs::read_to_string(orbax.join("_sharding")).expect("Orbax's _sharding");
-    let ours: BTreeMap<String, String> = serde_json::from_str(&ours).expect("a JSON object of strings");
-    let orbax: BTreeMap<String, String> = serde_json::from_str(&orbax).expect("a JSON object of strings");
+    let ours: BTreeMap<String, String> =
+        serde_json::from_str(&ours).expect("a JSON object of strings");
+    let orbax: BTreeMap<String, String> =
+        serde_json::from_str(&orbax).expect("a JSON object of strings");
     // Each value is Python's json.dumps text, compared byte for byte.
     assert_eq!(ours, orbax);
 }
@@ -621,10 +940,17 @@ fn zarray_files_match_orbax() {
     let ours = save_fixture_b_tree(&dir, &parent);
     let orbax = fixture_dir("b_pytree_zarr2_no_ocdbt").join("ckpt");
 
-    let zarrays: Vec<String> = list_files(&orbax).into_iter().filter(|file| file.ends_with("/.zarray")).collect();
+    let zarrays: Vec<String> = list_files(&orbax)
+        .into_iter()
+        .filter(|file| file.ends_with("/.zarray"))
+        .collect();
     assert_eq!(zarrays.len(), 7, "{zarrays:?}");
     for file in &zarrays {
-        assert_eq!(read_json(&ours.join(file)), read_json(&orbax.join(file)), "{file}");
+        assert_eq!(
+            read_json(&ours.join(file)),
+            read_json(&orbax.join(file)),
+            "{file}"
+        );
     }
 }
 
@@ -639,15 +965,22 @@ fn array_files_match_orbax() {
     let arrays = |dir| -> BTreeSet<String> {
         list_files(dir)
             .into_iter()
-            .filter(|file| file.contains('/') && !file.starts_with("array_metadatas/") || file == "_strings.json")
+            .filter(|file| {
+                file.contains('/') && !file.starts_with("array_metadatas/")
+                    || file == "_strings.json"
+            })
             .collect()
     };
     assert_eq!(arrays(&ours), arrays(&orbax));
-    assert_eq!(read_json(&ours.join("_strings.json")), read_json(&orbax.join("_strings.json")));
+    assert_eq!(
+        read_json(&ours.join("_strings.json")),
+        read_json(&orbax.join("_strings.json"))
+    );
 
     let item = open_committed(&parent, "ckpt").expect("ckpt is committed");
     let ours = leaf_digests(&item).expect("our digests");
-    let theirs = leaf_digests(&open_fixture("b_pytree_zarr2_no_ocdbt", "ckpt")).expect("Orbax's digests");
+    let theirs =
+        leaf_digests(&open_fixture("b_pytree_zarr2_no_ocdbt", "ckpt")).expect("Orbax's digests");
     assert_eq!(ours, theirs);
 }
 
@@ -655,13 +988,24 @@ fn array_files_match_orbax() {
 fn checkpoint_metadata_matches_orbax_keys() {
     let (dir, parent) = local_parent();
     let ours = read_json(&save_fixture_b_tree(&dir, &parent).join("_CHECKPOINT_METADATA"));
-    let orbax = read_json(&fixture_dir("b_pytree_zarr2_no_ocdbt").join("ckpt/_CHECKPOINT_METADATA"));
+    let orbax =
+        read_json(&fixture_dir("b_pytree_zarr2_no_ocdbt").join("ckpt/_CHECKPOINT_METADATA"));
 
     let keys = |value: &Value| -> BTreeSet<String> {
-        value.as_object().expect("a JSON object").keys().cloned().collect()
+        value
+            .as_object()
+            .expect("a JSON object")
+            .keys()
+            .cloned()
+            .collect()
     };
     assert_eq!(keys(&ours), keys(&orbax));
-    for key in ["item_handlers", "metrics", "performance_metrics", "custom_metadata"] {
+    for key in [
+        "item_handlers",
+        "metrics",
+        "performance_metrics",
+        "custom_metadata",
+    ] {
         assert_eq!(ours[key], orbax[key], "{key}");
     }
 }
@@ -702,14 +1046,16 @@ fn random_array() -> impl Strategy<Value = RandomArray> {
         0usize..8,
         any::<u64>(),
     )
-        .prop_map(|(dtype, shape, sharding_kind, dim_axes, device, seed)| RandomArray {
-            dtype,
-            shape,
-            sharding_kind,
-            dim_axes,
-            device,
-            seed,
-        })
+        .prop_map(
+            |(dtype, shape, sharding_kind, dim_axes, device, seed)| RandomArray {
+                dtype,
+                shape,
+                sharding_kind,
+                dim_axes,
+                device,
+                seed,
+            },
+        )
 }
 
 fn random_case() -> impl Strategy<Value = RandomCase> {
@@ -722,15 +1068,25 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(hosts, devices_per_host, mesh_choice, arrays, colocated_save, colocated_restore, ocdbt)| RandomCase {
-            hosts,
-            devices_per_host,
-            mesh_choice,
-            arrays,
-            colocated_save,
-            colocated_restore,
-            ocdbt,
-        })
+        .prop_map(
+            |(
+                hosts,
+                devices_per_host,
+                mesh_choice,
+                arrays,
+                colocated_save,
+                colocated_restore,
+                ocdbt,
+            )| RandomCase {
+                hosts,
+                devices_per_host,
+                mesh_choice,
+                arrays,
+                colocated_save,
+                colocated_restore,
+                ocdbt,
+            },
+        )
 }
 
 /// Builds the mesh of a case: 1-D over all devices, or 2-D `x` by `y`

@@ -73,7 +73,10 @@ fn json_matches_expected_values() {
     for line in stdout.lines() {
         let value: Value = serde_json::from_str(line)
             .unwrap_or_else(|error| panic!("line {line:?} is not JSON: {error}"));
-        let name = value["param_name"].as_str().expect("param_name is a string").to_owned();
+        let name = value["param_name"]
+            .as_str()
+            .expect("param_name is a string")
+            .to_owned();
         lines.insert(name, value);
     }
 
@@ -84,9 +87,21 @@ fn json_matches_expected_values() {
         let line = lines
             .get(name)
             .unwrap_or_else(|| panic!("no line for {name} in {stdout}"));
-        assert_eq!(line["keypath"], key_path_of(&leaf["keypath"]), "{name}: keypath");
-        assert_eq!(line["dtype"], leaf.get("dtype").cloned().unwrap_or(Value::Null), "{name}: dtype");
-        assert_eq!(line["shape"], leaf.get("shape").cloned().unwrap_or(Value::Null), "{name}: shape");
+        assert_eq!(
+            line["keypath"],
+            key_path_of(&leaf["keypath"]),
+            "{name}: keypath"
+        );
+        assert_eq!(
+            line["dtype"],
+            leaf.get("dtype").cloned().unwrap_or(Value::Null),
+            "{name}: dtype"
+        );
+        assert_eq!(
+            line["shape"],
+            leaf.get("shape").cloned().unwrap_or(Value::Null),
+            "{name}: shape"
+        );
         assert_eq!(line["sha256"], leaf["sha256"], "{name}: sha256");
     }
 }
@@ -118,9 +133,13 @@ fn assert_leaf_line(stdout: &str, leaf: &Value) {
         return;
     }
     let dtype = leaf["dtype"].as_str().expect("an array has a dtype");
-    let shape: Vec<u64> = serde_json::from_value(leaf["shape"].clone()).expect("an array has a shape");
+    let shape: Vec<u64> =
+        serde_json::from_value(leaf["shape"].clone()).expect("an array has a shape");
     let dtype_and_shape = format!(" {dtype}{shape:?} ");
-    assert!(line.contains(&dtype_and_shape), "{name}: expected {dtype_and_shape:?} in {line:?}");
+    assert!(
+        line.contains(&dtype_and_shape),
+        "{name}: expected {dtype_and_shape:?} in {line:?}"
+    );
 }
 
 #[test]
@@ -130,9 +149,15 @@ fn text_names_every_leaf() {
     let stdout = stdout_of(&run_ckpt(&["inspect", location]));
 
     let mut lines = stdout.lines();
-    assert_eq!(lines.next(), Some(format!("checkpoint {location}").as_str()));
+    assert_eq!(
+        lines.next(),
+        Some(format!("checkpoint {location}").as_str())
+    );
     assert_eq!(lines.next(), Some("format: zarr v2"));
-    assert_eq!(stdout.lines().last(), Some("total: 608 bytes of array data"));
+    assert_eq!(
+        stdout.lines().last(),
+        Some("total: 608 bytes of array data")
+    );
     for leaf in expected_leaves("b_pytree_zarr2_no_ocdbt") {
         assert_leaf_line(&stdout, &leaf);
     }
@@ -143,9 +168,21 @@ fn text_shows_empty_nodes() {
     let path = fixture_dir("g_scalars_empty").join("ckpt");
     let stdout = stdout_of(&run_ckpt(&["inspect", path.to_str().expect("UTF-8 path")]));
 
-    assert!(stdout.lines().any(|line| line == "format: OCDBT + zarr v2"), "{stdout}");
-    for line in ["empty_dict: {}", "empty_list: []", "empty_tuple: ()", "none: None", "  inner_empty: {}"] {
-        assert!(stdout.lines().any(|found| found == line), "no line {line:?} in\n{stdout}");
+    assert!(
+        stdout.lines().any(|line| line == "format: OCDBT + zarr v2"),
+        "{stdout}"
+    );
+    for line in [
+        "empty_dict: {}",
+        "empty_list: []",
+        "empty_tuple: ()",
+        "none: None",
+        "  inner_empty: {}",
+    ] {
+        assert!(
+            stdout.lines().any(|found| found == line),
+            "no line {line:?} in\n{stdout}"
+        );
     }
     for leaf in expected_leaves("g_scalars_empty") {
         assert_leaf_line(&stdout, &leaf);
@@ -159,13 +196,23 @@ fn missing_path_fails() {
     let path = parent.join("ckpt");
     let location = path.to_str().expect("UTF-8 path");
 
-    for args in [vec!["inspect", location], vec!["inspect", "--json", location]] {
+    for args in [
+        vec!["inspect", location],
+        vec!["inspect", "--json", location],
+    ] {
         let output = run_ckpt(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(location), "{args:?}: stderr does not name the path: {stderr}");
+        assert!(
+            stderr.contains(location),
+            "{args:?}: stderr does not name the path: {stderr}"
+        );
         assert!(stderr.contains("not found"), "{args:?}: {stderr}");
-        assert!(output.stdout.is_empty(), "{args:?}: printed {:?}", output.stdout);
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?}: printed {:?}",
+            output.stdout
+        );
     }
     assert!(!parent.exists(), "inspect created {}", parent.display());
 }
@@ -180,8 +227,14 @@ fn uncommitted_checkpoint_fails() {
 
     let output = run_ckpt(&["inspect", tmp_location]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "inspect of a temporary directory succeeded");
-    assert!(stderr.contains(tmp_location), "stderr does not name the path: {stderr}");
+    assert!(
+        !output.status.success(),
+        "inspect of a temporary directory succeeded"
+    );
+    assert!(
+        stderr.contains(tmp_location),
+        "stderr does not name the path: {stderr}"
+    );
     assert!(stderr.contains("is not committed"), "{stderr}");
 
     // The name the save would have committed to does not exist yet.
@@ -189,8 +242,14 @@ fn uncommitted_checkpoint_fails() {
     let final_location = final_path.to_str().expect("UTF-8 path");
     let output = run_ckpt(&["inspect", "--json", final_location]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "inspect of an uncommitted name succeeded");
-    assert!(stderr.contains(final_location), "stderr does not name the path: {stderr}");
+    assert!(
+        !output.status.success(),
+        "inspect of an uncommitted name succeeded"
+    );
+    assert!(
+        stderr.contains(final_location),
+        "stderr does not name the path: {stderr}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -31,7 +31,9 @@ pub(crate) fn fixture_dir(name: &str) -> PathBuf {
 /// `item` (such as `ckpt` or `ckpt/1/state`), and the item's name in it.
 pub(crate) fn fixture_parent(fixture: &str, item: &str) -> (Store, String) {
     let path = fixture_dir(fixture).join(item);
-    let parent = path.parent().expect("a fixture item has a parent directory");
+    let parent = path
+        .parent()
+        .expect("a fixture item has a parent directory");
     let name = path
         .file_name()
         .and_then(|name| name.to_str())
@@ -114,7 +116,9 @@ impl ExpectedLeaf {
         self.keypath
             .iter()
             .map(|key| match key.key_type.as_str() {
-                "sequence" => Key::Index(key.key.parse().expect("a sequence key is a decimal index")),
+                "sequence" => {
+                    Key::Index(key.key.parse().expect("a sequence key is a decimal index"))
+                }
                 _ => Key::Dict(key.key.clone()),
             })
             .collect()
@@ -158,19 +162,38 @@ pub(crate) fn expected_leaves(fixture: &str, step_item: Option<(u64, &str)>) -> 
 
 /// Checks that `sharding` is the expected mesh, device order and partition
 /// spec, whatever order the expected mesh axes are listed in.
-pub(crate) fn assert_sharding_matches(sharding: &Sharding, expected: &ExpectedSharding, context: &str) {
+pub(crate) fn assert_sharding_matches(
+    sharding: &Sharding,
+    expected: &ExpectedSharding,
+    context: &str,
+) {
     let Sharding::Named { mesh, spec } = sharding else {
         panic!("{context}: expected a named sharding, found {sharding:?}");
     };
-    assert_eq!(mesh.axis_names().len(), expected.mesh_shape.len(), "{context}: mesh rank");
+    assert_eq!(
+        mesh.axis_names().len(),
+        expected.mesh_shape.len(),
+        "{context}: mesh rank"
+    );
     for (name, size) in mesh.axis_names().iter().zip(mesh.shape()) {
-        let expected_size = expected.mesh_shape.get(name).and_then(serde_json::Value::as_u64);
-        assert_eq!(expected_size, Some(*size as u64), "{context}: size of mesh axis {name}");
+        let expected_size = expected
+            .mesh_shape
+            .get(name)
+            .and_then(serde_json::Value::as_u64);
+        assert_eq!(
+            expected_size,
+            Some(*size as u64),
+            "{context}: size of mesh axis {name}"
+        );
     }
 
     let mut expected_ids = Vec::new();
     flatten_ids(&expected.mesh_device_ids, &mut expected_ids);
-    let ids: Vec<u64> = mesh.devices().iter().map(|device| u64::from(device.0)).collect();
+    let ids: Vec<u64> = mesh
+        .devices()
+        .iter()
+        .map(|device| u64::from(device.0))
+        .collect();
     assert_eq!(ids, expected_ids, "{context}: mesh devices");
 
     let dims: Vec<serde_json::Value> = spec
@@ -194,7 +217,10 @@ fn flatten_ids(value: &serde_json::Value, out: &mut Vec<u64>) {
 
 /// Returns the lowercase hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Starts an in-process runtime of `hosts` simulated hosts with
