@@ -73,6 +73,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     }
     let fresh = work.join("orbax-written");
     orbax::make_fixtures(&python, &fresh).context("writing fresh checkpoints with Orbax")?;
+    write_legacy_fixture(&python, root, &fresh.join("n_legacy_msgpack"))?;
     for fixture in fixture_dirs(&fresh)? {
         let name = format!("orbax->ckpt fresh {}", file_name(&fixture));
         tally.record(&name, check_fixture(&fixture));
@@ -87,6 +88,32 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     println!("interop: {} passed, {} failed", tally.passed, tally.failed.len());
     if !tally.failed.is_empty() {
         bail!("interop checks failed: {}", tally.failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Rewrites `testdata/orbax-generated` with real Orbax: the fixtures of
+/// `python/make_fixtures.py` and the legacy msgpack file.
+pub(crate) fn regenerate_fixtures(root: &Path) -> Result<()> {
+    let python = venv::ensure_venv(root)?;
+    let out = root.join("testdata/orbax-generated");
+    orbax::make_fixtures(&python, &out)?;
+    write_legacy_fixture(&python, root, &out.join("n_legacy_msgpack"))?;
+    for fixture in fixture_dirs(&out)? {
+        let leaves = check_fixture(&fixture)?;
+        println!("orbax-fixtures: {} ({leaves} leaves) reads back in ckpt", fixture.display());
+    }
+    Ok(())
+}
+
+fn write_legacy_fixture(python: &Path, root: &Path, out: &Path) -> Result<()> {
+    let status = venv::python_command(python)
+        .arg(root.join("python/make_legacy_fixture.py"))
+        .arg(out)
+        .status()
+        .context("running make_legacy_fixture.py")?;
+    if !status.success() {
+        bail!("make_legacy_fixture.py failed ({status})");
     }
     Ok(())
 }
@@ -216,6 +243,14 @@ fn write_configs() -> Vec<WriteConfig> {
         (
             "ocdbt+zarr2 raw",
             ArrayFormat::default().with_compression(Compression::None),
+        ),
+        ("ocdbt+zarr3 zstd", ArrayFormat::default().with_zarr3(true)),
+        (
+            "zarr3 raw",
+            ArrayFormat::default()
+                .with_ocdbt(false)
+                .with_zarr3(true)
+                .with_compression(Compression::None),
         ),
         ("zarr2 zstd", ArrayFormat::default().with_ocdbt(false)),
         (

@@ -10,6 +10,7 @@ mod interop;
 mod lint;
 mod orbax;
 mod records;
+mod test;
 mod venv;
 
 #[derive(Parser)]
@@ -23,8 +24,12 @@ struct Cli {
 enum Task {
     /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
     Demo(demo::DemoArgs),
+    /// Regenerate testdata/orbax-generated with real Python Orbax (installs a venv under target/).
+    OrbaxFixtures,
     /// Check ckpt against real Python Orbax in both directions (installs a venv under target/).
     Interop,
+    /// Run every test: installs the Python dependencies, runs cargo test, then the interop checks.
+    Test,
     /// Check the crate dependency edges and that no file reads outside the repository.
     Lint,
 }
@@ -36,6 +41,8 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::run(&root, &args),
         Task::Interop => interop::run(&root),
         Task::Lint => lint::run(&root),
+        Task::OrbaxFixtures => interop::regenerate_fixtures(&root),
+        Task::Test => test::run(&root),
     }
 }
 

@@ -39,6 +39,19 @@ pub(crate) fn orbax_read(
     run_json(&mut command)
 }
 
+/// Has Python Orbax find the newest step under the CheckpointManager root
+/// `root` and restore its item `item`; returns the step in `"step"` and
+/// one record per leaf.
+///
+/// # Errors
+///
+/// As [`orbax_read`].
+pub(crate) fn orbax_read_manager(python: &Path, root: &Path, item: &str) -> anyhow::Result<serde_json::Value> {
+    let mut command = script_command(python, "orbax_read.py");
+    command.arg(root).arg("--manager-item").arg(item);
+    run_json(&mut command)
+}
+
 /// Lists every key of the TensorStore OCDBT database at `dir` with the
 /// length and sha256 of its latest value, read by TensorStore.
 ///
@@ -172,12 +185,4 @@ mod tests {
         assert!(message.contains("KeyError: kernel"), "{message}");
     }
 
-    #[test]
-    fn stdin_reaches_child() {
-        let mut command = Command::new("sh");
-        command.args(["-c", "wc -c"]);
-        let input = vec![b'x'; 1 << 20];
-        let output = run_with_stdin(&mut command, &input).expect("run wc");
-        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1048576");
     }
-}

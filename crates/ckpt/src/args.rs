@@ -12,12 +12,25 @@ pub struct SaveArgs {
     /// Save sharded arrays colocated: each host writes the shards on its own
     /// devices, so no array bytes pass through the controller.
     pub colocated: bool,
+    /// Split each writer's data into chunks of at most this many bytes
+    /// (Orbax's `chunk_byte_size`). `None` stores one chunk per write, or
+    /// chunks of at most 2 GiB for larger writes, as Orbax does.
+    pub chunk_byte_size: Option<u64>,
 }
 
 impl SaveArgs {
     /// Save arguments for a colocated save.
     pub fn colocated() -> SaveArgs {
-        SaveArgs { colocated: true }
+        SaveArgs {
+            colocated: true,
+            chunk_byte_size: None,
+        }
+    }
+
+    /// Sets the largest chunk size in bytes.
+    pub fn with_chunk_byte_size(mut self, bytes: Option<u64>) -> SaveArgs {
+        self.chunk_byte_size = bytes;
+        self
     }
 
     /// Sets whether sharded arrays are saved colocated.

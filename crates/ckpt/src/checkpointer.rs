@@ -23,9 +23,9 @@ pub(crate) const METADATA_FILE: &str = "_METADATA";
 pub(crate) const SHARDING_FILE: &str = "_sharding";
 
 /// Handler class names recorded in `_CHECKPOINT_METADATA`, as Orbax writes them.
-const PYTREE_HANDLER_NAME: &str =
+pub(crate) const PYTREE_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler";
-const STANDARD_HANDLER_NAME: &str =
+pub(crate) const STANDARD_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler";
 
 /// What a save did.
@@ -48,6 +48,7 @@ pub struct PyTreeCheckpointer {
     controller: Arc<Controller>,
     registry: TypeHandlerRegistry,
     format: ArrayFormat,
+    replica_parallel: bool,
 }
 
 impl PyTreeCheckpointer {
@@ -58,7 +59,16 @@ impl PyTreeCheckpointer {
             controller,
             registry: crate::global_registry(),
             format: ArrayFormat::default(),
+            replica_parallel: true,
         }
+    }
+
+    /// Sets whether the replicas of a replicated shard share writing it, each
+    /// writing one slice (on by default, as in Orbax on CPU and TPU), or
+    /// replica 0 writes the whole shard.
+    pub fn with_replica_parallel(mut self, replica_parallel: bool) -> PyTreeCheckpointer {
+        self.replica_parallel = replica_parallel;
+        self
     }
 
     /// Uses `registry` in place of the process-wide one.
@@ -124,6 +134,16 @@ impl PyTreeCheckpointer {
         Ok(summary)
     }
 
+    /// Writes the files of `args.item` into the directory `item` without
+    /// committing it, and returns the number of leaves written.
+    pub(crate) fn write_item_files(&self, item: &Store, args: &PyTreeSave) -> Result<usize> {
+        let flat = args.item.flatten();
+        check_param_names(flat.iter().map(|(path, _)| path))?;
+        let save_args = broadcast_args(&args.item, args.save_args.as_ref())?;
+        self.write_item(item, args, &flat, &save_args)?;
+        Ok(flat.len())
+    }
+
     fn write_item(
         &self,
         item: &Store,
@@ -131,12 +151,17 @@ impl PyTreeCheckpointer {
         flat: &[(KeyPath, &Leaf)],
         save_args: &[SaveArgs],
     ) -> Result<()> {
-        let writer = ArrayWriter::open(item, &self.format, "controller")?;
+        // The controller's array metadata file takes the process index after
+        // the hosts', so that it never collides with a host's.
+        let num_hosts = self.controller.runtime().topology().num_hosts();
+        let writer =
+            ArrayWriter::open(item, &self.format, "controller")?.with_process_index(num_hosts);
         let context = SaveContext {
             item,
             format: &self.format,
             controller: &self.controller,
             writer: &writer,
+            replica_parallel: self.replica_parallel,
         };
         let names: Vec<String> = flat.iter().map(|(path, _)| param_name(path)).collect();
         let mut saved: Vec<Option<SavedLeaf>> = vec![None; flat.len()];
@@ -203,6 +228,11 @@ impl PyTreeCheckpointer {
     }
 
     pub(crate) fn restore_item(&self, item: &Store, args: PyTreeRestore) -> Result<PyTree<Leaf>> {
+        if let Some(tree) = crate::legacy::read_legacy(item)? {
+            // NOTE: legacy checkpoints restore as stored (host arrays,
+            // scalars, strings); restore arguments do not apply to them.
+            return Ok(tree);
+        }
         let metadata = read_tree_metadata(item)?;
         let tree = &metadata.tree;
         let flat = tree.flatten();
@@ -352,15 +382,7 @@ pub(crate) fn read_tree_metadata(item: &Store) -> Result<TreeMetadata> {
 
 /// Opens the reader of an item's arrays in the format its `_METADATA` records.
 pub(crate) fn open_array_reader(item: &Store, metadata: &TreeMetadata) -> Result<ArrayReader> {
-    // TODO: pass use_zarr3 on once ArrayReader reads zarr v3. Until then it
-    // would look for .zarray files and report the first one as not found.
-    if metadata.use_zarr3 {
-        return Err(CkptError::UnsupportedFormat {
-            path: item.url(),
-            format: "zarr v3".into(),
-        });
-    }
-    Ok(ArrayReader::open(item, metadata.use_ocdbt)?)
+    Ok(ArrayReader::open(item, metadata.use_ocdbt)?.with_zarr3(metadata.use_zarr3))
 }
 
 /// Saves and restores trees of arrays and scalars (Orbax's
@@ -393,28 +415,16 @@ impl StandardCheckpointer {
         }
     }
 
+    /// Sets replica-parallel saving, as [`PyTreeCheckpointer::with_replica_parallel`].
+    pub fn with_replica_parallel(self, replica_parallel: bool) -> StandardCheckpointer {
+        StandardCheckpointer {
+            inner: self.inner.with_replica_parallel(replica_parallel),
+        }
+    }
+
     /// Saves `args.item` as the checkpoint `name` under `parent`.
     pub fn save(&self, parent: &Store, name: &str, args: StandardSave) -> Result<SaveSummary> {
-        if let Some((path, _)) = args
-            .item
-            .flatten()
-            .into_iter()
-            .find(|(_, leaf)| matches!(leaf, Leaf::String(_)))
-        {
-            return Err(CkptError::InvalidLeaf {
-                key_path: path.to_string(),
-                reason: "StandardCheckpointer does not save strings; use PyTreeCheckpointer".into(),
-            });
-        }
-        let mut save_args = args.save_args;
-        if args.colocated {
-            save_args = Some(PyTree::leaf(SaveArgs::colocated()));
-        }
-        let pytree_args = PyTreeSave {
-            item: args.item,
-            save_args,
-            custom_metadata: None,
-        };
+        let pytree_args = standard_to_pytree(args)?;
         self.inner
             .save_item(parent, name, pytree_args, STANDARD_HANDLER_NAME)
     }
@@ -428,4 +438,33 @@ impl StandardCheckpointer {
     pub fn metadata(&self, parent: &Store, name: &str) -> Result<crate::CheckpointMetadata> {
         crate::metadata(parent, name)
     }
+}
+
+/// Turns the arguments of a standard save into those of a pytree save,
+/// rejecting string leaves as Orbax's `StandardCheckpointer` does.
+pub(crate) fn standard_to_pytree(args: StandardSave) -> Result<PyTreeSave> {
+    if let Some((path, _)) = args
+        .item
+        .flatten()
+        .into_iter()
+        .find(|(_, leaf)| matches!(leaf, Leaf::String(_)))
+    {
+        return Err(CkptError::InvalidLeaf {
+            key_path: path.to_string(),
+            reason: "StandardCheckpointer does not save strings; use PyTreeCheckpointer".into(),
+        });
+    }
+    let mut save_args = args.save_args;
+    if args.colocated {
+        let with_colocated = match save_args {
+            Some(tree) => tree.map(|leaf_args| leaf_args.with_colocated(true)),
+            None => PyTree::leaf(SaveArgs::colocated()),
+        };
+        save_args = Some(with_colocated);
+    }
+    Ok(PyTreeSave {
+        item: args.item,
+        save_args,
+        custom_metadata: None,
+    })
 }

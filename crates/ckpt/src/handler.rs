@@ -24,6 +24,9 @@ pub struct SaveContext<'a> {
     pub controller: &'a Controller,
     /// The controller's own writer, for data the controller writes itself.
     pub writer: &'a ArrayWriter,
+    /// Whether the replicas of a shard share writing it (Orbax's
+    /// replica-parallel saving); otherwise replica 0 writes whole shards.
+    pub replica_parallel: bool,
 }
 
 /// One leaf to save.

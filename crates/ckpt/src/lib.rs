@@ -59,11 +59,17 @@
 //! ```
 
 mod args;
+mod async_checkpointer;
+mod async_save;
 mod checkpointer;
 mod error;
 mod handler;
 mod handlers;
+mod item_io;
+mod items;
 mod leaf;
+mod manager;
+mod legacy;
 mod metadata;
 
 pub use ckpt_colocated as colocated;
@@ -77,6 +83,8 @@ pub use crate::{
         PyTreeRestore, PyTreeSave, RestoreArgs, RestoreTarget, SaveArgs, StandardRestore,
         StandardSave,
     },
+    async_checkpointer::AsyncCheckpointer,
+    async_save::AsyncOptions,
     checkpointer::{PyTreeCheckpointer, SaveSummary, StandardCheckpointer},
     error::{CkptError, Result},
     handler::{
@@ -87,7 +95,16 @@ pub use crate::{
         ArrayHandler, ColocatedArrayHandler, HostArrayHandler, ScalarHandler, StringHandler,
         ARRAY_VALUE_TYPE, HOST_ARRAY_VALUE_TYPE, SCALAR_VALUE_TYPE, STRING_VALUE_TYPE,
     },
+    item_io::{JSON_ITEM_FILE, MAX_JSON_ITEM_BYTES, METRICS_ITEM},
+    items::{
+        Composite, CompositeRestore, ItemRestore, ItemSave, JsonRestore, JsonSave, RestoredItem,
+        RestoredItems,
+    },
     leaf::{HostArray, Leaf, LeafType, Scalar},
+    manager::{
+        BestFn, BestMode, BestPolicy, CheckpointManager, CheckpointManagerOptions, Metrics,
+        ShouldSaveFn, StepNameFormat, StepSaveOptions, UncommittedStep,
+    },
     metadata::{item_metadata, leaf_digests, metadata, CheckpointMetadata, LeafDigest, LeafMetadata},
 };
 pub use ckpt_core::DType;

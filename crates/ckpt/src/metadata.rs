@@ -5,11 +5,12 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     checkpointer::{open_array_reader, read_shardings, read_tree_metadata},
+    legacy::read_legacy,
     handlers::{
         string::{lookup, read_strings},
         ARRAY_VALUE_TYPE, HOST_ARRAY_VALUE_TYPE, SCALAR_VALUE_TYPE, STRING_VALUE_TYPE,
     },
-    CkptError, Result,
+    CkptError, Leaf, Result,
 };
 
 /// What a checkpoint holds, read without its array data.
@@ -56,6 +57,9 @@ pub fn metadata(parent: &Store, name: &str) -> Result<CheckpointMetadata> {
 
 /// Reads the metadata of an opened checkpoint item.
 pub fn item_metadata(item: &Store) -> Result<CheckpointMetadata> {
+    if let Some(tree) = read_legacy(item)? {
+        return Ok(legacy_metadata(&tree));
+    }
     let tree_metadata = read_tree_metadata(item)?;
     let reader = open_array_reader(item, &tree_metadata)?;
     let shardings = read_shardings(item)?;
@@ -110,6 +114,9 @@ pub struct LeafDigest {
 /// Arrays are read whole into memory one at a time; empty containers and
 /// `None` have no digest and are left out.
 pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
+    if let Some(tree) = read_legacy(item)? {
+        return Ok(legacy_digests(&tree));
+    }
     let tree_metadata = read_tree_metadata(item)?;
     let reader = open_array_reader(item, &tree_metadata)?;
     let tree = &tree_metadata.tree;
@@ -151,6 +158,63 @@ pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
         digests.push(digest);
     }
     Ok(digests)
+}
+
+/// Value type, dtype, shape and bytes of a leaf held in memory.
+fn leaf_parts(leaf: &Leaf) -> (&'static str, Option<DType>, Option<Vec<u64>>, Vec<u8>) {
+    match leaf {
+        Leaf::HostArray(array) => (
+            HOST_ARRAY_VALUE_TYPE,
+            Some(array.dtype()),
+            Some(array.shape().to_vec()),
+            array.bytes().to_vec(),
+        ),
+        Leaf::Scalar(scalar) => (SCALAR_VALUE_TYPE, Some(scalar.dtype()), Some(vec![]), scalar.to_bytes()),
+        Leaf::String(text) => (STRING_VALUE_TYPE, None, None, text.as_bytes().to_vec()),
+        Leaf::Array(array) => (
+            ARRAY_VALUE_TYPE,
+            Some(array.spec().dtype),
+            Some(array.spec().shape.clone()),
+            Vec::new(),
+        ),
+    }
+}
+
+fn legacy_metadata(tree: &PyTree<Leaf>) -> CheckpointMetadata {
+    let tree = tree.as_ref().map(|leaf| {
+        let (value_type, dtype, shape, bytes) = leaf_parts(leaf);
+        LeafMetadata {
+            value_type: value_type.to_owned(),
+            dtype,
+            chunk_shape: None,
+            size_bytes: dtype.map(|_| bytes.len() as u64),
+            shape,
+            sharding: None,
+        }
+    });
+    CheckpointMetadata {
+        tree,
+        use_ocdbt: None,
+        use_zarr3: false,
+        custom_metadata: None,
+    }
+}
+
+fn legacy_digests(tree: &PyTree<Leaf>) -> Vec<LeafDigest> {
+    tree.flatten()
+        .into_iter()
+        .map(|(path, leaf)| {
+            let (value_type, dtype, shape, bytes) = leaf_parts(leaf);
+            LeafDigest {
+                param_name: param_name(&path),
+                key_path: path,
+                value_type: value_type.to_owned(),
+                dtype,
+                shape,
+                sha256: hex(&Sha256::digest(&bytes)),
+            }
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,18 +8,18 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::{engine::general_purpose::URL_SAFE, Engine as _};
+use ckpt::pytree::{Key, NodeKind, PyTree};
 use ckpt::{
     device::Sharding, leaf_digests, pytree::KeyPath, DType, HostArray, Leaf, PyTreeCheckpointer,
     PyTreeRestore, RestoreArgs, Scalar,
 };
-use ckpt::pytree::{Key, NodeKind, PyTree};
 
 use common::{
-    assert_sharding_matches, controller, expected_leaves, fixture_parent, open_fixture,
-    sha256_hex, ExpectedLeaf,
+    assert_sharding_matches, controller, expected_leaves, fixture_parent, open_fixture, sha256_hex,
+    ExpectedLeaf,
 };
 
-/// The storage format of a fixture, which decides whether ckpt reads it yet.
+/// The storage format of a fixture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     /// zarr v2, one directory per array (`use_ocdbt=False`).
@@ -32,7 +32,7 @@ enum Format {
     OcdbtZarr3,
 }
 
-/// A checkpoint item written by Orbax and the format it needs.
+/// A checkpoint item written by Orbax and its storage format.
 struct Fixture {
     /// Directory under `testdata/orbax`.
     name: &'static str,
@@ -44,8 +44,8 @@ struct Fixture {
     format: Format,
 }
 
-// Every shipped fixture. ckpt reads zarr v2 with or without OCDBT. The
-// zarr v3 fixtures C and C2 wait for a zarr v3 reader.
+// Every shipped fixture: ckpt reads zarr v2 and zarr v3, each with or
+// without OCDBT.
 const A: Fixture = fixture("a_pytree_ocdbt", Format::OcdbtZarr2);
 const B: Fixture = fixture("b_pytree_zarr2_no_ocdbt", Format::Zarr2);
 const C: Fixture = fixture("c_pytree_zarr3_ocdbt", Format::OcdbtZarr3);
@@ -81,7 +81,7 @@ const fn manager_item(
     }
 }
 
-/// Generates, for each fixture that ckpt reads, a module with its tests.
+/// Generates a module of tests for each fixture.
 macro_rules! readable_fixture_tests {
     ($($module:ident => $fixture:ident),* $(,)?) => {
         $(mod $module {
@@ -96,6 +96,11 @@ macro_rules! readable_fixture_tests {
             }
 
             #[test]
+            fn restore_colocated() {
+                super::check_restore_colocated(&super::$fixture);
+            }
+
+            #[test]
             fn restore_host() {
                 super::check_restore_host(&super::$fixture);
             }
@@ -106,6 +111,8 @@ macro_rules! readable_fixture_tests {
 readable_fixture_tests! {
     a_ocdbt => A,
     b_zarr2 => B,
+    c_ocdbt_zarr3 => C,
+    c2_zarr3 => C2,
     d_step1 => D_STEP1,
     d_step2 => D_STEP2,
     f_dtypes => F,
@@ -125,6 +132,22 @@ fn expected_by_path(fixture: &Fixture) -> BTreeMap<KeyPath, ExpectedLeaf> {
 
 fn check_digests(fixture: &Fixture) {
     let item = open_fixture(fixture.name, fixture.item);
+    let metadata = ckpt::item_metadata(&item)
+        .unwrap_or_else(|error| panic!("{}: item_metadata failed: {error}", fixture.name));
+    let (use_ocdbt, use_zarr3) = match fixture.format {
+        Format::Zarr2 => (false, false),
+        Format::OcdbtZarr2 => (true, false),
+        Format::Zarr3 => (false, true),
+        Format::OcdbtZarr3 => (true, true),
+    };
+    assert_eq!(
+        metadata.use_ocdbt,
+        Some(use_ocdbt),
+        "{}: use_ocdbt",
+        fixture.name
+    );
+    assert_eq!(metadata.use_zarr3, use_zarr3, "{}: use_zarr3", fixture.name);
+
     let expected = expected_by_path(fixture);
     let digests = leaf_digests(&item)
         .unwrap_or_else(|error| panic!("{}: leaf_digests failed: {error}", fixture.name));
@@ -141,23 +164,47 @@ fn check_digests(fixture: &Fixture) {
             .iter()
             .map(|key| u64::from(key.key_type().code()))
             .collect();
-        let expected_key_types: Vec<u64> = leaf.keypath.iter().map(|key| key.orbax_key_type).collect();
+        let expected_key_types: Vec<u64> =
+            leaf.keypath.iter().map(|key| key.orbax_key_type).collect();
         assert_eq!(key_types, expected_key_types, "{context}: key types");
         assert_eq!(digest.param_name, leaf.param_name, "{context}: param name");
-        assert_eq!(digest.dtype.map(DType::name), leaf.dtype.as_deref(), "{context}: dtype");
+        assert_eq!(
+            digest.dtype.map(DType::name),
+            leaf.dtype.as_deref(),
+            "{context}: dtype"
+        );
         assert_eq!(digest.shape, leaf.shape, "{context}: shape");
-        assert_eq!(Some(&digest.sha256), leaf.sha256.as_ref(), "{context}: sha256");
+        assert_eq!(
+            Some(&digest.sha256),
+            leaf.sha256.as_ref(),
+            "{context}: sha256"
+        );
     }
 }
 
-/// Restores without restore arguments on 4 hosts of 2 devices, the 8
-/// device ids that Orbax's `_sharding` entries name.
+/// Restores through the controller onto the saved shardings.
 fn check_restore_saved(fixture: &Fixture) {
+    check_restore_on_saved_shardings(fixture, PyTreeRestore::new());
+}
+
+/// Restores with each host reading its own devices' shards, onto the
+/// saved shardings.
+fn check_restore_colocated(fixture: &Fixture) {
+    let colocated = RestoreArgs::default().with_colocated(true);
+    check_restore_on_saved_shardings(
+        fixture,
+        PyTreeRestore::new().with_restore_args(PyTree::leaf(colocated)),
+    );
+}
+
+/// Restores on 4 hosts of 2 devices, the 8 device ids that Orbax's
+/// `_sharding` entries name, and checks every leaf.
+fn check_restore_on_saved_shardings(fixture: &Fixture, args: PyTreeRestore) {
     let controller = controller(4, 2);
     let (parent, name) = fixture_parent(fixture.name, fixture.item);
     let checkpointer = PyTreeCheckpointer::new(controller.clone());
     let restored = checkpointer
-        .restore(&parent, &name, PyTreeRestore::new())
+        .restore(&parent, &name, args)
         .unwrap_or_else(|error| panic!("{}: restore failed: {error}", fixture.name));
     let saved_shardings = read_saved_shardings(fixture);
 
@@ -166,21 +213,38 @@ fn check_restore_saved(fixture: &Fixture) {
         let expected = &expected_by_path(fixture)[&path];
         match leaf {
             Leaf::Array(array) => {
-                assert_eq!(expected.source_type.as_deref(), Some("jax.Array"), "{context}: leaf type");
+                assert_eq!(
+                    expected.source_type.as_deref(),
+                    Some("jax.Array"),
+                    "{context}: leaf type"
+                );
                 let sharding = &array.spec().sharding;
                 match &expected.source_sharding {
                     Some(source) => assert_sharding_matches(sharding, source, &context),
-                    None => assert_eq!(Some(sharding), saved_shardings.get(&expected.param_name), "{context}: sharding"),
+                    None => assert_eq!(
+                        Some(sharding),
+                        saved_shardings.get(&expected.param_name),
+                        "{context}: sharding"
+                    ),
                 }
                 let bytes = controller
                     .to_global_bytes(array)
                     .unwrap_or_else(|error| panic!("{context}: {error}"));
-                assert_eq!(Some(sha256_hex(&bytes)), expected.sha256, "{context}: sha256");
+                assert_eq!(
+                    Some(sha256_hex(&bytes)),
+                    expected.sha256,
+                    "{context}: sha256"
+                );
             }
             other => check_host_leaf(other, expected, &context),
         }
     }
-    assert_eq!(restored.num_leaves(), expected_by_path(fixture).len(), "{}: leaf count", fixture.name);
+    assert_eq!(
+        restored.num_leaves(),
+        expected_by_path(fixture).len(),
+        "{}: leaf count",
+        fixture.name
+    );
     check_empty_nodes(fixture, &restored);
     check_sequences_are_lists(fixture, &restored);
 }
@@ -192,8 +256,15 @@ fn check_sequences_are_lists(fixture: &Fixture, restored: &PyTree<Leaf>) {
         let mut prefix = KeyPath::root();
         for key in path.iter() {
             if matches!(key, Key::Index(_)) {
-                let node = restored.get(&prefix).unwrap_or_else(|| panic!("{prefix} missing"));
-                assert_eq!(node.kind(), NodeKind::List, "{} {prefix}: node kind", fixture.name);
+                let node = restored
+                    .get(&prefix)
+                    .unwrap_or_else(|| panic!("{prefix} missing"));
+                assert_eq!(
+                    node.kind(),
+                    NodeKind::List,
+                    "{} {prefix}: node kind",
+                    fixture.name
+                );
             }
             prefix.push(key.clone());
         }
@@ -216,7 +287,9 @@ fn check_empty_nodes(fixture: &Fixture, restored: &PyTree<Leaf>) {
             Some("NoneType") => NodeKind::None,
             other => panic!("{context}: unknown empty node type {other:?}"),
         };
-        let node = restored.get(&path).unwrap_or_else(|| panic!("{context}: missing"));
+        let node = restored
+            .get(&path)
+            .unwrap_or_else(|| panic!("{context}: missing"));
         assert_eq!(node.kind(), expected_kind, "{context}: node kind");
         assert_eq!(node.num_leaves(), 0, "{context}: leaves");
     }
@@ -233,7 +306,12 @@ fn check_restore_host(fixture: &Fixture) {
         .unwrap_or_else(|error| panic!("{}: restore failed: {error}", fixture.name));
 
     let expected = expected_by_path(fixture);
-    assert_eq!(restored.num_leaves(), expected.len(), "{}: leaf count", fixture.name);
+    assert_eq!(
+        restored.num_leaves(),
+        expected.len(),
+        "{}: leaf count",
+        fixture.name
+    );
     for (path, leaf) in restored.flatten() {
         let context = format!("{} {path}", fixture.name);
         let record = &expected[&path];
@@ -255,7 +333,11 @@ fn check_host_leaf(leaf: &Leaf, expected: &ExpectedLeaf, context: &str) {
         Leaf::HostArray(array) => check_host_array(array, expected, context),
         Leaf::Scalar(scalar) => {
             assert_eq!(expected.kind, "array0d", "{context}: kind");
-            assert_eq!(Some(scalar.dtype().name()), scalar_dtype(expected), "{context}: dtype");
+            assert_eq!(
+                Some(scalar.dtype().name()),
+                scalar_dtype(expected),
+                "{context}: dtype"
+            );
             let value = match *scalar {
                 Scalar::Int(value) => value as f64,
                 Scalar::Float(value) => value,
@@ -269,7 +351,11 @@ fn check_host_leaf(leaf: &Leaf, expected: &ExpectedLeaf, context: &str) {
         Leaf::String(text) => {
             assert_eq!(expected.kind, "string", "{context}: kind");
             assert_eq!(Some(text), expected.value.as_ref(), "{context}: value");
-            assert_eq!(Some(sha256_hex(text.as_bytes())), expected.sha256, "{context}: sha256");
+            assert_eq!(
+                Some(sha256_hex(text.as_bytes())),
+                expected.sha256,
+                "{context}: sha256"
+            );
         }
         other => panic!("{context}: unexpected leaf {other:?}"),
     }
@@ -284,9 +370,21 @@ fn scalar_dtype(expected: &ExpectedLeaf) -> Option<&'static str> {
 }
 
 fn check_host_array(array: &HostArray, expected: &ExpectedLeaf, context: &str) {
-    assert_eq!(Some(array.dtype().name()), expected.dtype.as_deref(), "{context}: dtype");
-    assert_eq!(Some(array.shape()), expected.shape.as_deref(), "{context}: shape");
-    assert_eq!(Some(sha256_hex(array.bytes())), expected.sha256, "{context}: sha256");
+    assert_eq!(
+        Some(array.dtype().name()),
+        expected.dtype.as_deref(),
+        "{context}: dtype"
+    );
+    assert_eq!(
+        Some(array.shape()),
+        expected.shape.as_deref(),
+        "{context}: shape"
+    );
+    assert_eq!(
+        Some(sha256_hex(array.bytes())),
+        expected.sha256,
+        "{context}: sha256"
+    );
     if let (Some(values), Some(found)) = (expected.values_f64(), decode_f64(array)) {
         assert_eq!(found, values, "{context}: values");
     }
@@ -302,10 +400,26 @@ fn decode_f64(array: &HostArray) -> Option<Vec<f64>> {
         DType::UInt16 => array.to_vec::<u16>()?.into_iter().map(f64::from).collect(),
         DType::Int32 => array.to_vec::<i32>()?.into_iter().map(f64::from).collect(),
         DType::UInt32 => array.to_vec::<u32>()?.into_iter().map(f64::from).collect(),
-        DType::Int64 => array.to_vec::<i64>()?.into_iter().map(|v| v as f64).collect(),
-        DType::UInt64 => array.to_vec::<u64>()?.into_iter().map(|v| v as f64).collect(),
-        DType::Float16 => array.to_vec::<half::f16>()?.into_iter().map(f64::from).collect(),
-        DType::BFloat16 => array.to_vec::<half::bf16>()?.into_iter().map(f64::from).collect(),
+        DType::Int64 => array
+            .to_vec::<i64>()?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        DType::UInt64 => array
+            .to_vec::<u64>()?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        DType::Float16 => array
+            .to_vec::<half::f16>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        DType::BFloat16 => array
+            .to_vec::<half::bf16>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         DType::Float32 => array.to_vec::<f32>()?.into_iter().map(f64::from).collect(),
         DType::Float64 => array.to_vec::<f64>()?,
         _ => return None,
@@ -315,7 +429,9 @@ fn decode_f64(array: &HostArray) -> Option<Vec<f64>> {
 
 /// Reads the fixture's `_sharding` file: parameter name to sharding.
 fn read_saved_shardings(fixture: &Fixture) -> BTreeMap<String, Sharding> {
-    let path = common::fixture_dir(fixture.name).join(fixture.item).join("_sharding");
+    let path = common::fixture_dir(fixture.name)
+        .join(fixture.item)
+        .join("_sharding");
     let Ok(bytes) = std::fs::read(&path) else {
         return BTreeMap::new();
     };
@@ -333,41 +449,6 @@ fn read_saved_shardings(fixture: &Fixture) -> BTreeMap<String, Sharding> {
         .collect()
 }
 
-/// Checks that each way of reading a zarr v3 fixture fails with an error
-/// that names the checkpoint and the format.
-fn assert_zarr3_rejected(fixture: &Fixture) {
-    assert!(matches!(fixture.format, Format::Zarr3 | Format::OcdbtZarr3));
-    let item = open_fixture(fixture.name, fixture.item);
-    let expected = format!(
-        "cannot read {}: its _METADATA says arrays are stored as zarr v3, which ckpt does not read yet, so restore it with Orbax and save it again in Orbax's default format (OCDBT with zarr v2)",
-        item.url()
-    );
-
-    let digests = leaf_digests(&item).map(|digests| digests.len());
-    assert_eq!(digests.map_err(|error| error.to_string()), Err(expected.clone()), "leaf_digests");
-
-    let metadata = ckpt::item_metadata(&item).map(|_| ());
-    assert_eq!(metadata.map_err(|error| error.to_string()), Err(expected.clone()), "item_metadata");
-
-    let (parent, name) = fixture_parent(fixture.name, fixture.item);
-    let checkpointer = PyTreeCheckpointer::new(controller(4, 2));
-    let restored = checkpointer.restore(&parent, &name, PyTreeRestore::new()).map(|_| ());
-    assert_eq!(restored.map_err(|error| error.to_string()), Err(expected), "restore");
-}
-
-// TODO: when ckpt reads zarr v3, replace these two tests with lines
-// `c_ocdbt_zarr3 => C` and `c2_zarr3 => C2` in readable_fixture_tests!.
-
-#[test]
-fn c_rejected_until_zarr3_reads() {
-    assert_zarr3_rejected(&C);
-}
-
-#[test]
-fn c2_rejected_until_zarr3_reads() {
-    assert_zarr3_rejected(&C2);
-}
-
 /// Every fixture directory under `testdata/orbax` is in the table above.
 #[test]
 fn table_lists_every_fixture() {
@@ -378,7 +459,13 @@ fn table_lists_every_fixture() {
     let root = common::fixture_dir("");
     let present: BTreeSet<String> = std::fs::read_dir(&root)
         .unwrap_or_else(|error| panic!("cannot list {}: {error}", root.display()))
-        .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let present: BTreeSet<&str> = present.iter().map(String::as_str).collect();
     assert_eq!(listed, present);

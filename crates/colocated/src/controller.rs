@@ -9,6 +9,7 @@ use std::{
 use bytes::Bytes;
 use ckpt_core::{copy_region, num_bytes_usize, IndexBox};
 use ckpt_storage::{ArrayFormat, Store};
+use tracing::warn;
 
 use crate::{
     protocol::{
@@ -327,6 +328,42 @@ impl Controller {
             )?;
         }
         Ok(global)
+    }
+
+    /// Copies the replica-0 shards of `arrays` into host memory on the hosts
+    /// that hold them and returns handles to the copies, in the same order.
+    ///
+    /// Later changes to the sources do not reach the copies, so a background
+    /// save can write a copy while training goes on. A copy holds one
+    /// replica of each box, so save it with replica 0 writing whole shards,
+    /// and drop it with [`Controller::drop_arrays`] when done. On error no
+    /// copy is left on any host.
+    pub fn snapshot_arrays(&self, arrays: &[&ShardedArray]) -> Result<Vec<ShardedArray>> {
+        let copies: Vec<ShardedArray> = arrays
+            .iter()
+            .map(|array| ShardedArray {
+                id: self.new_id(),
+                spec: array.spec.clone(),
+            })
+            .collect();
+        let mut per_host: BTreeMap<usize, Vec<(ArrayId, ArrayId)>> = BTreeMap::new();
+        for (array, copy) in arrays.iter().zip(&copies) {
+            for host in self.hosts_of(&array.spec) {
+                per_host.entry(host).or_default().push((array.id, copy.id));
+            }
+        }
+        let calls = per_host
+            .into_iter()
+            .map(|(host, arrays)| (host, HostCall::SnapshotArrays { arrays }))
+            .collect();
+        if let Err(err) = self.call(calls) {
+            let copies: Vec<&ShardedArray> = copies.iter().collect();
+            if let Err(drop_err) = self.drop_arrays(&copies) {
+                warn!(error = %drop_err, "could not drop the copies of a failed snapshot");
+            }
+            return Err(err);
+        }
+        Ok(copies)
     }
 
     /// Drops arrays from every host that holds them.

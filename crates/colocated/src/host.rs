@@ -1,8 +1,8 @@
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use ckpt_core::{num_bytes_usize, IndexBox};
-use ckpt_device::{Array, DeviceMemory, HostBuffer, Shard, Topology};
+use ckpt_core::{copy_region, num_bytes_usize, IndexBox};
+use ckpt_device::{Array, DeviceMemory, HostBuffer, HostDeviceBuffer, Shard, Topology};
 use ckpt_storage::{ArrayReader, ArrayWriter, ArrayFormat, Store};
 use tracing::debug;
 
@@ -64,6 +64,10 @@ impl HostState {
                 .map(|bytes| HostReply::Restored { bytes }),
             HostCall::Verify { id, generator } => {
                 self.verify(id, generator).map(HostReply::Verified)
+            }
+            HostCall::SnapshotArrays { arrays } => {
+                self.snapshot_arrays(&arrays)?;
+                Ok(HostReply::Done)
             }
             HostCall::DropArrays { ids } => {
                 for id in ids {
@@ -144,13 +148,17 @@ impl HostState {
                 writer.create_array(&save.param_name, &save.stored)?;
             }
             let array = self.array(save.id)?;
+            writer.note_sharded_array(&save.param_name, &save.write_shape, &save.stored.chunk_shape);
             for shard in array.shards() {
-                if shard.replica_id() != 0 || shard.index().is_empty() {
+                let region = match save.replica_slicing {
+                    Some(slicing) => slicing.slice(shard.index(), shard.replica_id()),
+                    None => (shard.replica_id() == 0).then(|| shard.index().clone()),
+                };
+                let Some(region) = region.filter(|r| !r.is_empty()) else {
                     continue;
-                }
-                let bytes = shard_bytes(shard)?;
-                let written =
-                    writer.write_region(&save.param_name, &save.stored, shard.index(), &bytes)?;
+                };
+                let bytes = region_bytes(shard, &region, array.dtype().item_size())?;
+                let written = writer.write_region(&save.param_name, &save.stored, &region, &bytes)?;
                 report.bytes += bytes.len() as u64;
                 report.chunks += written;
             }
@@ -158,6 +166,28 @@ impl HostState {
         writer.finish()?;
         debug!(host = self.host, bytes = report.bytes, chunks = report.chunks, "saved shards");
         Ok(report)
+    }
+
+    /// Stores, under each copy id, an array of the source's replica-0 shards
+    /// copied into host memory. The copy has no other replicas, so a save
+    /// must write it with replica 0 writing whole shards.
+    fn snapshot_arrays(&mut self, arrays: &[(ArrayId, ArrayId)]) -> Result<()> {
+        for &(source, copy) in arrays {
+            let array = self.array(source)?;
+            let mut shards = Vec::new();
+            for shard in array.shards().iter().filter(|shard| shard.replica_id() == 0) {
+                let staged = HostDeviceBuffer::new(shard.device(), shard.buffer().to_host_buffer()?);
+                shards.push(Shard::new(shard.device(), shard.index().clone(), 0, Arc::new(staged)));
+            }
+            let snapshot = Array::from_shards(
+                array.shape().to_vec(),
+                array.dtype(),
+                array.sharding().clone(),
+                shards,
+            )?;
+            self.arrays.insert(copy, snapshot);
+        }
+        Ok(())
     }
 
     fn fetch_shards(&self, ids: &[ArrayId]) -> Result<Vec<ShardBytes>> {
@@ -227,6 +257,25 @@ impl HostState {
         }
         Ok(report)
     }
+}
+
+/// Returns the bytes of `region`, a box inside a shard, in host memory:
+/// borrowed when the region is the whole shard of a host-memory device.
+fn region_bytes<'a>(shard: &'a Shard, region: &IndexBox, item_size: usize) -> Result<Cow<'a, [u8]>> {
+    let whole = shard_bytes(shard)?;
+    if region == shard.index() {
+        return Ok(whole);
+    }
+    let len = region
+        .num_elements()?
+        .checked_mul(item_size as u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ckpt_core::CoreError::ShapeOverflow {
+            shape: region.shape(),
+        })?;
+    let mut out = vec![0u8; len];
+    copy_region(&whole, shard.index(), &mut out, region, region, item_size)?;
+    Ok(Cow::Owned(out))
 }
 
 /// Returns a shard's bytes in host memory: borrowed for host-memory devices,

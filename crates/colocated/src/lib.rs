@@ -44,6 +44,7 @@
 mod controller;
 mod error;
 mod generate;
+mod grpc;
 mod host;
 mod protocol;
 mod runtime;
@@ -52,9 +53,17 @@ pub use crate::{
     controller::{Controller, ShardedArray},
     error::{ColocatedError, Result},
     generate::Generator,
+    grpc::{
+        loopback_address, run_spmd_process, spawn_spmd, wait_spmd_report, ChildProcess,
+        GrpcError, GrpcRuntime, GrpcRuntimeOptions, LaunchOptions, ShutdownHandle, SpmdArray,
+        SpmdConfig, SpmdEvent, SpmdFaults, SpmdReport, WorkerCluster, WorkerHealth,
+        WorkerOptions, WorkerServer, COORDINATOR_PREFIX, FAILED_PREFIX, LISTENING_PREFIX,
+        PAUSED_LINE, REPORT_PREFIX, WORKER_PROTO, WRITING_LINE,
+    },
     host::HostState,
     protocol::{
-        ArrayId, ArraySpec, HostCall, HostReply, PutSource, RestoreItem, SaveItem, SaveReport,
+        ArrayId, ArraySpec, HostCall, HostReply, PutSource, ReplicaSlicing, RestoreItem, SaveItem,
+        SaveReport,
         ShardBytes, VerifyReport,
     },
     runtime::{InProcessRuntime, Runtime},

@@ -37,6 +37,33 @@ pub enum PutSource {
     Shards(Vec<(IndexBox, Bytes)>),
 }
 
+/// How the replicas of a shard share writing it (Orbax's replica-parallel
+/// saving): replica `r` writes the `r`-th of `replicas` equal slices of the
+/// shard along `axis`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaSlicing {
+    /// The shard axis that is split.
+    pub axis: usize,
+    /// The number of slices, one per replica; replicas beyond it write nothing.
+    pub replicas: u32,
+}
+
+impl ReplicaSlicing {
+    /// The box that replica `replica_id` of a shard with box `shard` writes,
+    /// or `None` if that replica writes nothing.
+    pub fn slice(&self, shard: &IndexBox, replica_id: u32) -> Option<IndexBox> {
+        if replica_id >= self.replicas {
+            return None;
+        }
+        let extent = shard.shape()[self.axis] / u64::from(self.replicas);
+        let mut start = shard.start().to_vec();
+        let mut stop = shard.stop().to_vec();
+        start[self.axis] += extent * u64::from(replica_id);
+        stop[self.axis] = start[self.axis] + extent;
+        IndexBox::new(start, stop).ok()
+    }
+}
+
 /// One array to save in a colocated save.
 #[derive(Clone, Debug)]
 pub struct SaveItem {
@@ -46,6 +73,10 @@ pub struct SaveItem {
     pub param_name: String,
     /// How it is stored: shape, dtype and chunk shape.
     pub stored: StoredArray,
+    /// The shape each writer writes: a shard, or a replica's slice of one.
+    pub write_shape: Vec<u64>,
+    /// Replica-parallel slicing; `None` means replica 0 writes whole shards.
+    pub replica_slicing: Option<ReplicaSlicing>,
     /// Whether this host writes the array's zarr metadata (one host does).
     pub create_metadata: bool,
 }
@@ -104,6 +135,13 @@ pub enum HostCall {
         /// The generator the values should come from.
         generator: Generator,
     },
+    /// Copy this host's replica-0 shards of each source array into host
+    /// memory under a new id, so that a background save reads bytes which
+    /// later changes to the source array cannot reach.
+    SnapshotArrays {
+        /// Pairs of a source array and the id its copy gets.
+        arrays: Vec<(ArrayId, ArrayId)>,
+    },
     /// Drop arrays from this host.
     DropArrays {
         /// The arrays.
@@ -120,6 +158,7 @@ impl HostCall {
             HostCall::FetchShards { .. } => "fetch shards",
             HostCall::RestoreShards { .. } => "restore shards",
             HostCall::Verify { .. } => "verify an array",
+            HostCall::SnapshotArrays { .. } => "snapshot arrays",
             HostCall::DropArrays { .. } => "drop arrays",
         }
     }

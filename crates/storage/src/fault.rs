@@ -13,7 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::{stream::BoxStream, StreamExt};
 use object_store::{
     path::Path as ObjectPath, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
@@ -641,14 +641,29 @@ impl ObjectStore for FaultyObjectStore {
         prefix: Option<&ObjectPath>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let key = prefix.map(ToString::to_string).unwrap_or_default();
-        // The plan decides when the listing is requested, not when it is read.
-        match self.plan.decide(Operation::List, &key, 0) {
-            None | Some(Fault::Latency(_)) => self.inner.list(prefix),
-            Some(fault) => {
-                let error = store_error(InjectedFault::new(&fault));
-                Box::pin(futures::stream::once(async move { Err(error) }))
-            }
-        }
+        // The plan decides when the listing is requested. Latency and hangs
+        // then delay the first item of the stream.
+        let Some(fault) = self.plan.decide(Operation::List, &key, 0) else {
+            return self.inner.list(prefix);
+        };
+        let listing = self.inner.list(prefix);
+        let plan = self.plan.clone();
+        let delayed = async move {
+            let fault = match fault {
+                Fault::Latency(delay) => {
+                    tokio::time::sleep(delay).await;
+                    return listing;
+                }
+                Fault::Hang => {
+                    plan.hang().await;
+                    fault
+                }
+                fault => fault,
+            };
+            let error = store_error(InjectedFault::new(&fault));
+            futures::stream::once(async move { Err(error) }).boxed()
+        };
+        futures::stream::once(delayed).flatten().boxed()
     }
 
     async fn list_with_delimiter(
@@ -797,6 +812,34 @@ mod tests {
         let err = backend.get("k").unwrap_err();
         releaser.join().unwrap();
         assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn listing_hang_times_out() {
+        let plan = FaultPlan::new();
+        plan.add(FaultRule::new(Fault::Hang).on(Operation::List));
+        let faulty = FaultyObjectStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            plan.clone(),
+        );
+        let backend = ObjectStoreBackend::new(Arc::new(faulty), "memory://")
+            .unwrap()
+            .with_request_timeout(Some(Duration::from_millis(50)));
+        let err = backend.list("").unwrap_err();
+        plan.release_hung();
+        assert!(matches!(err, StorageError::TimedOut { .. }), "{err}");
+    }
+
+    #[test]
+    fn listing_latency_delays() {
+        let plan = FaultPlan::new();
+        plan.add(FaultRule::new(Fault::Latency(Duration::from_millis(50))).on(Operation::List));
+        let faulty = FaultyObjectStore::new(Arc::new(object_store::memory::InMemory::new()), plan);
+        let backend = ObjectStoreBackend::new(Arc::new(faulty), "memory://").unwrap();
+        backend.put("a/b", Bytes::new()).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(backend.list("").unwrap(), ["a/b"]);
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

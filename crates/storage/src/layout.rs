@@ -17,7 +17,8 @@ use ckpt_core::{DType, IndexBox};
 use crate::{
     merge_databases,
     zarr::{ZarrArray, ZarrCompressor, ZarrV2Metadata},
-    KvStore, OcdbtReader, OcdbtWriter, OcdbtWriterOptions, Result, StorageError, Store,
+    zarr3::{ZarrV3Array, ZarrV3Compressor, ZarrV3Metadata},
+    KvStore, OcdbtReader, OcdbtWriter, OcdbtWriterOptions, Result, Store,
 };
 
 /// Prefix of the per-writer OCDBT database directories inside an item.
@@ -101,7 +102,24 @@ pub struct ArrayWriter {
     /// The writer's own database, committed by [`ArrayWriter::finish`].
     ocdbt: Option<Arc<OcdbtWriter>>,
     format: ArrayFormat,
+    item: Store,
+    /// Process index in the name of this writer's array metadata file,
+    /// `array_metadatas/process_<index>`; Orbax accepts integers only.
+    process_index: Option<usize>,
+    /// Sharded arrays this writer wrote, for its array metadata file.
+    noted: Mutex<Vec<NotedArray>>,
 }
+
+/// A sharded array's write and chunk shapes, as one writer wrote them.
+#[derive(Clone, Debug)]
+struct NotedArray {
+    param_name: String,
+    write_shape: Vec<u64>,
+    chunk_shape: Vec<u64>,
+}
+
+/// Directory of the per-writer array metadata files Orbax reads at commit.
+const ARRAY_METADATAS_DIR: &str = "array_metadatas";
 
 impl ArrayWriter {
     /// Opens a writer named `writer_name` (a process index, or `controller`)
@@ -111,31 +129,50 @@ impl ArrayWriter {
     /// `ocdbt.process_<writer_name>/` in the item, so writers never share a
     /// file; without it, chunks go straight into the item's directories.
     pub fn open(item: &Store, format: &ArrayFormat, writer_name: &str) -> Result<ArrayWriter> {
-        if format.use_zarr3 {
-            return Err(StorageError::Unsupported {
-                store: item.url(),
-                operation: "writing zarr v3 (not yet implemented)",
-            });
-        }
-        if !format.use_ocdbt {
-            return Ok(ArrayWriter {
-                kv: Arc::new(item.clone()),
-                ocdbt: None,
-                format: format.clone(),
-            });
-        }
-        let database = item.child(&format!("{OCDBT_PROCESS_PREFIX}{writer_name}"))?;
-        let writer = Arc::new(OcdbtWriter::create(database, OcdbtWriterOptions::default())?);
+        let (kv, ocdbt): (Arc<dyn KvStore>, _) = if format.use_ocdbt {
+            let database = item.child(&format!("{OCDBT_PROCESS_PREFIX}{writer_name}"))?;
+            let writer = Arc::new(OcdbtWriter::create(database, OcdbtWriterOptions::default())?);
+            (Arc::clone(&writer) as Arc<dyn KvStore>, Some(writer))
+        } else {
+            (Arc::new(item.clone()), None)
+        };
         Ok(ArrayWriter {
-            kv: Arc::clone(&writer) as Arc<dyn KvStore>,
-            ocdbt: Some(writer),
+            kv,
+            ocdbt,
             format: format.clone(),
+            item: item.clone(),
+            process_index: writer_name.parse().ok(),
+            noted: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sets the process index that names this writer's array metadata file,
+    /// for a writer whose name is not a number (such as `controller`).
+    pub fn with_process_index(mut self, process_index: usize) -> ArrayWriter {
+        self.process_index = Some(process_index);
+        self
+    }
+
+    /// Records that this writer wrote a sharded array with these write and
+    /// chunk shapes; [`ArrayWriter::finish`] lists them in
+    /// `array_metadatas/process_<name>`, as each Orbax process does.
+    pub fn note_sharded_array(&self, param_name: &str, write_shape: &[u64], chunk_shape: &[u64]) {
+        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+        noted.push(NotedArray {
+            param_name: param_name.to_owned(),
+            write_shape: write_shape.to_vec(),
+            chunk_shape: chunk_shape.to_vec(),
+        });
     }
 
     /// Writes the zarr metadata of an array. One writer does this per array.
     pub fn create_array(&self, param_name: &str, array: &StoredArray) -> Result<()> {
-        ZarrArray::create(Arc::clone(&self.kv), param_name, zarr_v2_metadata(array, &self.format)?)?;
+        let kv = Arc::clone(&self.kv);
+        if self.format.use_zarr3 {
+            ZarrV3Array::create(kv, param_name, zarr_v3_metadata(array, &self.format)?)?;
+        } else {
+            ZarrArray::create(kv, param_name, zarr_v2_metadata(array, &self.format)?)?;
+        }
         Ok(())
     }
 
@@ -150,9 +187,13 @@ impl ArrayWriter {
         region: &IndexBox,
         data: &[u8],
     ) -> Result<u64> {
-        let metadata = zarr_v2_metadata(array, &self.format)?;
-        let chunks = metadata.chunk_grid().chunks_overlapping(region).len() as u64;
-        let zarr = ZarrArray::with_metadata(Arc::clone(&self.kv), param_name, metadata)?;
+        let kv = Arc::clone(&self.kv);
+        let zarr = if self.format.use_zarr3 {
+            AnyZarr::V3(ZarrV3Array::with_metadata(kv, param_name, zarr_v3_metadata(array, &self.format)?)?)
+        } else {
+            AnyZarr::V2(ZarrArray::with_metadata(kv, param_name, zarr_v2_metadata(array, &self.format)?)?)
+        };
+        let chunks = zarr.chunk_grid().chunks_overlapping(region).len() as u64;
         zarr.write_region(region, data)?;
         Ok(chunks)
     }
@@ -162,7 +203,25 @@ impl ArrayWriter {
         if let Some(writer) = &self.ocdbt {
             writer.commit()?;
         }
-        Ok(())
+        let mut noted = self.noted.into_inner().unwrap_or_else(|p| p.into_inner());
+        let Some(process_index) = self.process_index.filter(|_| !noted.is_empty()) else {
+            return Ok(());
+        };
+        noted.sort_by(|a, b| a.param_name.cmp(&b.param_name));
+        let entries: Vec<serde_json::Value> = noted
+            .iter()
+            .map(|array| {
+                serde_json::json!({"array_metadata": {
+                    "param_name": array.param_name,
+                    "write_shape": array.write_shape,
+                    "chunk_shape": array.chunk_shape,
+                    "ext_metadata": null,
+                }})
+            })
+            .collect();
+        let document = serde_json::json!({ "array_metadatas": entries });
+        let key = format!("{ARRAY_METADATAS_DIR}/process_{process_index}");
+        self.item.put(&key, bytes::Bytes::from(document.to_string()))
     }
 }
 
@@ -185,6 +244,152 @@ pub fn finalize_item(item: &Store, format: &ArrayFormat) -> Result<()> {
     merge_databases(item.clone(), &names)
 }
 
+/// Largest chunk Orbax lets a writer store by default: its OCDBT target
+/// data file size on local disks (2 GiB), above which it splits write
+/// shapes into chunks.
+pub const DEFAULT_MAX_CHUNK_BYTES: u64 = 2 << 30;
+
+/// Chooses the chunk shape for a write shape: the largest shape whose every
+/// extent divides `write_shape` and whose byte size is at most
+/// `target_bytes`, the way Orbax splits chunks (`chunk_byte_size`).
+///
+/// Greedy, as Orbax's: while the chunk is too large, shrink to its next
+/// smaller divisor the largest dimension among those the sharding already
+/// splits (where the write shape differs from the global shape), and all
+/// dimensions once those are exhausted. With no target the write shape is
+/// the chunk shape. A target below one element yields single elements.
+pub fn choose_chunk_shape(
+    global_shape: &[u64],
+    write_shape: &[u64],
+    item_size: usize,
+    target_bytes: Option<u64>,
+) -> Vec<u64> {
+    let write_shape: Vec<u64> = write_shape.iter().map(|&d| d.max(1)).collect();
+    let Some(target_bytes) = target_bytes else {
+        return write_shape;
+    };
+    let target_elements = (target_bytes / item_size.max(1) as u64).max(1);
+    let mut divisors: Vec<Vec<u64>> = write_shape.iter().map(|&d| divisors_of(d)).collect();
+    let mut split: Vec<bool> = global_shape
+        .iter()
+        .zip(&write_shape)
+        .map(|(global, write)| global != write)
+        .collect();
+    let current = |divisors: &[Vec<u64>]| -> Vec<u64> {
+        divisors.iter().map(|d| d.last().copied().unwrap_or(1)).collect()
+    };
+    loop {
+        let shape = current(&divisors);
+        let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).unwrap_or(u64::MAX);
+        if elements <= target_elements {
+            return shape;
+        }
+        let largest = (0..shape.len())
+            .filter(|&dim| split[dim] && shape[dim] > 1)
+            .max_by_key(|&dim| (shape[dim], std::cmp::Reverse(dim)));
+        match largest {
+            Some(dim) => {
+                divisors[dim].pop();
+                split[dim] = true;
+            }
+            None if split.iter().all(|&s| s) => return shape,
+            None => split.iter_mut().for_each(|s| *s = true),
+        }
+    }
+}
+
+/// Divisors of `n` in increasing order.
+fn divisors_of(n: u64) -> Vec<u64> {
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    let mut i = 1u64;
+    while i.saturating_mul(i) <= n {
+        if n % i == 0 {
+            small.push(i);
+            if i != n / i {
+                large.push(n / i);
+            }
+        }
+        i += 1;
+    }
+    small.extend(large.into_iter().rev());
+    small
+}
+
+fn zarr_v3_metadata(array: &StoredArray, format: &ArrayFormat) -> Result<ZarrV3Metadata> {
+    let compressor = match format.compression {
+        Compression::None => None,
+        Compression::Zstd { level } => Some(ZarrV3Compressor::Zstd {
+            level,
+            checksum: false,
+        }),
+    };
+    ZarrV3Metadata::new(
+        array.shape.clone(),
+        array.chunk_shape.clone(),
+        array.dtype,
+        compressor,
+    )
+}
+
+/// A zarr array of either version, so readers and writers handle both alike.
+#[derive(Debug)]
+enum AnyZarr {
+    V2(ZarrArray),
+    V3(ZarrV3Array),
+}
+
+impl AnyZarr {
+    /// Opens the array at `param_name`: zarr v3 when `zarr3` says so, v2
+    /// otherwise.
+    fn open(kv: Arc<dyn KvStore>, param_name: &str, zarr3: bool) -> Result<AnyZarr> {
+        if zarr3 {
+            Ok(AnyZarr::V3(ZarrV3Array::open(kv, param_name)?))
+        } else {
+            Ok(AnyZarr::V2(ZarrArray::open(kv, param_name)?))
+        }
+    }
+
+    fn stored(&self) -> StoredArray {
+        let (shape, dtype, chunks) = match self {
+            AnyZarr::V2(array) => {
+                let m = array.metadata();
+                (m.shape().to_vec(), m.dtype(), m.chunks().to_vec())
+            }
+            AnyZarr::V3(array) => {
+                let m = array.metadata();
+                (m.shape().to_vec(), m.dtype(), m.chunks().to_vec())
+            }
+        };
+        StoredArray {
+            shape,
+            dtype,
+            chunk_shape: chunks,
+        }
+    }
+
+    fn chunk_grid(&self) -> ckpt_core::ChunkGrid {
+        match self {
+            AnyZarr::V2(array) => array.metadata().chunk_grid().clone(),
+            AnyZarr::V3(array) => array.metadata().chunk_grid().clone(),
+        }
+    }
+
+    fn write_region(&self, region: &IndexBox, data: &[u8]) -> Result<()> {
+        match self {
+            AnyZarr::V2(array) => array.write_region(region, data),
+            AnyZarr::V3(array) => array.write_region(region, data),
+        }
+    }
+
+    fn read_region(&self, region: &IndexBox, dst: &mut [u8]) -> Result<()> {
+        match self {
+            AnyZarr::V2(array) => array.read_region(region, dst),
+            AnyZarr::V3(array) => array.read_region(region, dst),
+        }
+    }
+}
+
 fn zarr_v2_metadata(array: &StoredArray, format: &ArrayFormat) -> Result<ZarrV2Metadata> {
     let compressor = match format.compression {
         Compression::None => None,
@@ -205,7 +410,8 @@ fn zarr_v2_metadata(array: &StoredArray, format: &ArrayFormat) -> Result<ZarrV2M
 #[derive(Debug)]
 pub struct ArrayReader {
     kv: Arc<dyn KvStore>,
-    arrays: Mutex<HashMap<String, Arc<ZarrArray>>>,
+    zarr3: bool,
+    arrays: Mutex<HashMap<String, Arc<AnyZarr>>>,
 }
 
 impl ArrayReader {
@@ -223,29 +429,31 @@ impl ArrayReader {
         };
         Ok(ArrayReader {
             kv,
+            zarr3: false,
             arrays: Mutex::new(HashMap::new()),
         })
     }
 
-    fn zarr(&self, param_name: &str) -> Result<Arc<ZarrArray>> {
+    /// Reads arrays as zarr v3 (`zarr.json`) instead of v2 (`.zarray`), as
+    /// the item's `_METADATA` records in `use_zarr3`.
+    pub fn with_zarr3(mut self, zarr3: bool) -> ArrayReader {
+        self.zarr3 = zarr3;
+        self
+    }
+
+    fn zarr(&self, param_name: &str) -> Result<Arc<AnyZarr>> {
         let mut arrays = self.arrays.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(array) = arrays.get(param_name) {
             return Ok(Arc::clone(array));
         }
-        let array = Arc::new(ZarrArray::open(Arc::clone(&self.kv), param_name)?);
+        let array = Arc::new(AnyZarr::open(Arc::clone(&self.kv), param_name, self.zarr3)?);
         arrays.insert(param_name.to_owned(), Arc::clone(&array));
         Ok(array)
     }
 
     /// Reads the shape, dtype and chunk shape of an array.
     pub fn array(&self, param_name: &str) -> Result<StoredArray> {
-        let zarr = self.zarr(param_name)?;
-        let metadata = zarr.metadata();
-        Ok(StoredArray {
-            shape: metadata.shape().to_vec(),
-            dtype: metadata.dtype(),
-            chunk_shape: metadata.chunks().to_vec(),
-        })
+        Ok(self.zarr(param_name)?.stored())
     }
 
     /// Reads `region` of an array into `dst`, laid out in C order for `region`.
@@ -258,5 +466,43 @@ impl ArrayReader {
     ) -> Result<()> {
         let _ = array;
         self.zarr(param_name)?.read_region(region, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_shape_without_target_is_write_shape() {
+        assert_eq!(choose_chunk_shape(&[64, 64], &[8, 64], 4, None), vec![8, 64]);
+    }
+
+    #[test]
+    fn chunk_shape_splits_sharded_dimension_first() {
+        // Orbax fixture i: f32 [64, 64] row-sharded, write [8, 64], 1024 bytes.
+        assert_eq!(choose_chunk_shape(&[64, 64], &[8, 64], 4, Some(1024)), vec![4, 64]);
+    }
+
+    #[test]
+    fn chunk_shape_splits_unsharded_dimensions_when_needed() {
+        // Nothing is sharded, so every dimension is a candidate; ties go to
+        // the first dimension, so the two shrink in turn.
+        let shape = choose_chunk_shape(&[64, 64], &[64, 64], 4, Some(1024));
+        assert_eq!(shape, vec![16, 16]);
+    }
+
+    #[test]
+    fn chunk_shape_divides_write_shape() {
+        let shape = choose_chunk_shape(&[100, 30], &[50, 30], 8, Some(1000));
+        assert_eq!(50 % shape[0], 0);
+        assert_eq!(30 % shape[1], 0);
+        assert!(shape[0] * shape[1] * 8 <= 1000);
+    }
+
+    #[test]
+    fn divisors_are_sorted() {
+        assert_eq!(divisors_of(12), vec![1, 2, 3, 4, 6, 12]);
+        assert_eq!(divisors_of(1), vec![1]);
     }
 }

@@ -102,8 +102,8 @@ pub use crate::{
     key::validate_key,
     kvstore::KvStore,
     layout::{
-        finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression, StoredArray,
-        OCDBT_PROCESS_PREFIX,
+        choose_chunk_shape, finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression,
+        StoredArray, DEFAULT_MAX_CHUNK_BYTES, OCDBT_PROCESS_PREFIX,
     },
     local::LocalBackend,
     object::ObjectStoreBackend,

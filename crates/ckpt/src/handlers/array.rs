@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 
-use ckpt_colocated::{ArraySpec, SaveItem, ShardedArray};
-use ckpt_core::{num_bytes_usize, IndexBox};
+use ckpt_colocated::{ArraySpec, ReplicaSlicing, SaveItem, ShardedArray};
+use ckpt_core::{num_bytes, num_bytes_usize, IndexBox};
 use ckpt_device::Sharding;
-use ckpt_storage::StoredArray;
+use ckpt_storage::{choose_chunk_shape, StoredArray, DEFAULT_MAX_CHUNK_BYTES};
 
 use super::ARRAY_VALUE_TYPE;
 use crate::{
@@ -29,9 +29,12 @@ impl TypeHandler for ArrayHandler {
     }
 
     fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> Result<Vec<SavedLeaf>> {
-        let planned = plan_arrays(entries)?;
+        let planned = plan_arrays(entries, context.replica_parallel)?;
         for plan in &planned {
             context.writer.create_array(&plan.param_name, &plan.stored)?;
+            context
+                .writer
+                .note_sharded_array(&plan.param_name, &plan.write_shape, &plan.stored.chunk_shape);
         }
         let arrays: Vec<&ShardedArray> = planned.iter().map(|plan| plan.array).collect();
         let by_id: BTreeMap<_, _> = planned.iter().map(|plan| (plan.array.id(), plan)).collect();
@@ -67,7 +70,7 @@ impl TypeHandler for ColocatedArrayHandler {
     }
 
     fn save(&self, context: &SaveContext<'_>, entries: &[SaveEntry<'_>]) -> Result<Vec<SavedLeaf>> {
-        let planned = plan_arrays(entries)?;
+        let planned = plan_arrays(entries, context.replica_parallel)?;
         let items = planned
             .iter()
             .map(|plan| {
@@ -75,6 +78,8 @@ impl TypeHandler for ColocatedArrayHandler {
                     id: plan.array.id(),
                     param_name: plan.param_name.clone(),
                     stored: plan.stored.clone(),
+                    write_shape: plan.write_shape.clone(),
+                    replica_slicing: plan.replica_slicing,
                     create_metadata: true,
                 };
                 (plan.array, item)
@@ -129,9 +134,12 @@ struct PlannedArray<'a> {
     array: &'a ShardedArray,
     param_name: String,
     stored: StoredArray,
+    /// The shape each writer writes: a shard or a replica's slice of one.
+    write_shape: Vec<u64>,
+    replica_slicing: Option<ReplicaSlicing>,
 }
 
-fn plan_arrays<'a>(entries: &[SaveEntry<'a>]) -> Result<Vec<PlannedArray<'a>>> {
+fn plan_arrays<'a>(entries: &[SaveEntry<'a>], replica_parallel: bool) -> Result<Vec<PlannedArray<'a>>> {
     entries
         .iter()
         .map(|entry| {
@@ -143,10 +151,30 @@ fn plan_arrays<'a>(entries: &[SaveEntry<'a>]) -> Result<Vec<PlannedArray<'a>>> {
                 });
             };
             let spec = array.spec();
-            let chunk_shape = write_shape(spec).map_err(|reason| CkptError::InvalidLeaf {
+            let invalid = |reason| CkptError::InvalidLeaf {
                 key_path: entry.key_path.to_string(),
                 reason,
-            })?;
+            };
+            let shard_shape = shard_shape(spec).map_err(invalid)?;
+            let replica_slicing = if replica_parallel {
+                replica_slicing(spec, &shard_shape).map_err(invalid)?
+            } else {
+                None
+            };
+            let write_shape = match replica_slicing {
+                Some(slicing) => {
+                    let mut shape = shard_shape.clone();
+                    shape[slicing.axis] /= u64::from(slicing.replicas);
+                    shape
+                }
+                None => shard_shape,
+            };
+            let write_bytes = num_bytes(&write_shape, spec.dtype)?;
+            let target = entry.args.chunk_byte_size.or(
+                (write_bytes > DEFAULT_MAX_CHUNK_BYTES).then_some(DEFAULT_MAX_CHUNK_BYTES),
+            );
+            let chunk_shape =
+                choose_chunk_shape(&spec.shape, &write_shape, spec.dtype.item_size(), target);
             Ok(PlannedArray {
                 array,
                 param_name: entry.param_name.to_owned(),
@@ -155,14 +183,42 @@ fn plan_arrays<'a>(entries: &[SaveEntry<'a>]) -> Result<Vec<PlannedArray<'a>>> {
                     dtype: spec.dtype,
                     chunk_shape,
                 },
+                write_shape,
+                replica_slicing,
             })
         })
         .collect()
 }
 
-/// The shape each writer writes: the largest shard's shape, which is the
-/// first shard's under JAX's ceiling division. Chunks are that shape.
-fn write_shape(spec: &ArraySpec) -> std::result::Result<Vec<u64>, String> {
+/// Orbax's replica-parallel split of replicated shards: when every shard
+/// has the same shape and is held by R > 1 devices, the first shard axis
+/// divisible by R is cut into R slices, one per replica. `None` when no
+/// axis divides or the shards differ in shape (uneven sharding).
+fn replica_slicing(
+    spec: &ArraySpec,
+    shard_shape: &[u64],
+) -> std::result::Result<Option<ReplicaSlicing>, String> {
+    let replicas = spec.sharding.num_replicas();
+    if replicas <= 1 || shard_shape.iter().product::<u64>() == 0 {
+        return Ok(None);
+    }
+    let slices = spec
+        .sharding
+        .devices_indices_map(&spec.shape)
+        .map_err(|err| err.to_string())?;
+    if slices.iter().any(|slice| slice.index.shape() != shard_shape) {
+        return Ok(None);
+    }
+    let replicas = u32::try_from(replicas).map_err(|_| "too many replicas".to_owned())?;
+    let axis = shard_shape
+        .iter()
+        .position(|&extent| extent % u64::from(replicas) == 0);
+    Ok(axis.map(|axis| ReplicaSlicing { axis, replicas }))
+}
+
+/// The shape of the largest shard, which is the first shard's under JAX's
+/// ceiling division.
+fn shard_shape(spec: &ArraySpec) -> std::result::Result<Vec<u64>, String> {
     if spec.shape.contains(&0) {
         return Err(format!(
             "its shape {:?} has a zero-size dimension, which the Orbax format cannot store; drop the leaf or give it at least one element",
@@ -182,7 +238,7 @@ fn write_shape(spec: &ArraySpec) -> std::result::Result<Vec<u64>, String> {
 fn saved_leaf(plan: &PlannedArray<'_>) -> Result<SavedLeaf> {
     Ok(SavedLeaf {
         value_type: ARRAY_VALUE_TYPE.to_owned(),
-        write_shape: Some(plan.stored.chunk_shape.clone()),
+        write_shape: Some(plan.write_shape.clone()),
         sharding: Some(plan.array.spec().sharding.to_orbax_json()),
     })
 }
