@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod bench_phase;
 mod demo;
+mod fuzz;
 mod interop;
 mod lint;
 mod orbax;
@@ -22,10 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Time ckpt against Python Orbax and the machine in release mode and write docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
     Demo(demo::DemoArgs),
     /// Regenerate testdata/orbax-generated with real Python Orbax (installs a venv under target/).
     OrbaxFixtures,
+    /// Run every fuzz target for a bounded time (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds to run each target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Check ckpt against real Python Orbax in both directions (installs a venv under target/).
     Interop,
     /// Run every test: installs the Python dependencies, runs cargo test, then the interop checks.
@@ -38,7 +49,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
+        Task::Bench(args) => bench::run(&root, &args),
         Task::Demo(args) => demo::run(&root, &args),
+        Task::Fuzz { seconds } => fuzz::run(&root, seconds),
         Task::Interop => interop::run(&root),
         Task::Lint => lint::run(&root),
         Task::OrbaxFixtures => interop::regenerate_fixtures(&root),

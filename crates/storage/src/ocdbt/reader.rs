@@ -177,7 +177,22 @@ impl OcdbtReader {
             lower_bound: Vec::new(),
             upper_bound: None,
         }];
+        // A B+tree version never reaches one node twice; a hostile file that
+        // points many entries at one subtree would otherwise be walked once
+        // per path, exponentially in its height.
+        let mut visited = std::collections::HashSet::new();
         while let Some(pending) = stack.pop() {
+            let location = &pending.location;
+            let path = self.data_file_key(&location.file)?;
+            if !visited.insert((path.clone(), location.offset, location.length)) {
+                return Err(StorageError::Corrupt {
+                    key: self.store.url(),
+                    reason: format!(
+                        "the B+tree node at offset {} of {path} is referenced twice; a B+tree never shares a node",
+                        location.offset
+                    ),
+                });
+            }
             let node = self.node(&pending.location, pending.height, &pending.lower_bound)?;
             match &node.entries {
                 BtreeEntries::Leaf(entries) => {

@@ -51,6 +51,18 @@ pub(crate) fn decode_chunk(
             "the chunk has {} bytes, expected {expected} for its shape and dtype",
             stored.len()
         ))),
+        Some(ZarrCompressor::Zstd { .. }) if !plausible_size(stored.len(), expected) => {
+            let chunk = decompress_growing(&stored, expected)
+                .map_err(|error| corrupt(format!("invalid zstd data: {error}")))?;
+            if chunk.len() == expected {
+                return Ok(chunk);
+            }
+            Err(corrupt(format!(
+                "the chunk decompresses to {}{} bytes, expected {expected} for its shape and dtype",
+                if chunk.len() > expected { "more than " } else { "" },
+                chunk.len().min(expected)
+            )))
+        }
         Some(ZarrCompressor::Zstd { .. }) => {
             let mut chunk = allocate_chunk(expected, store, key)?;
             let filled = decompress_into(&stored, &mut chunk)
@@ -81,6 +93,30 @@ pub(crate) fn allocate_chunk(len: usize, store: &str, key: &str) -> Result<Vec<u
         )),
     })?;
     chunk.resize(len, 0);
+    Ok(chunk)
+}
+
+/// Largest compression ratio for which a chunk's buffer is allocated at its
+/// full size before decompressing. Float weights compress by well under 10x;
+/// a chunk claiming more (a run of zeros, or a tiny hostile file declaring a
+/// huge shape) grows its buffer as data actually arrives instead.
+const MAX_EAGER_RATIO: u64 = 256;
+
+/// First buffer size when a chunk's buffer grows as it decompresses.
+const GROWING_START_BYTES: usize = 16 << 20;
+
+fn plausible_size(stored: usize, expected: usize) -> bool {
+    (stored as u64).saturating_mul(MAX_EAGER_RATIO) >= expected as u64
+}
+
+/// Decompresses at most `expected + 1` bytes into a buffer that grows with
+/// the data, so memory follows what the stream holds, not what it claims.
+fn decompress_growing(stored: &[u8], expected: usize) -> io::Result<Vec<u8>> {
+    let decoder = zstd::stream::read::Decoder::with_buffer(stored)?;
+    let mut chunk = Vec::with_capacity(expected.min(GROWING_START_BYTES));
+    decoder
+        .take(expected as u64 + 1)
+        .read_to_end(&mut chunk)?;
     Ok(chunk)
 }
 
@@ -121,6 +157,24 @@ mod tests {
     use super::*;
 
     const ZSTD: Option<ZarrCompressor> = Some(ZarrCompressor::Zstd { level: 1 });
+
+    #[test]
+    fn tiny_frame_for_huge_chunk_is_rejected() {
+        // 16 bytes compressed, while the metadata claims a 1 GiB chunk: the
+        // buffer grows with the data instead of being allocated whole.
+        let stored = zstd::bulk::compress(&[7u8; 16], 1).unwrap();
+        let reason = corrupt_reason(decode_chunk(ZSTD, Bytes::from(stored), 1 << 30, "mem", "x/0.0"));
+        assert!(reason.contains("decompresses to 16 bytes"), "{reason}");
+    }
+
+    #[test]
+    fn growing_decode_accepts_exact_size() {
+        let data = vec![0u8; 1 << 20];
+        let stored = zstd::bulk::compress(&data, 1).unwrap();
+        assert!(!plausible_size(stored.len(), data.len()));
+        let chunk = decode_chunk(ZSTD, Bytes::from(stored), data.len(), "mem://", "a/0").unwrap();
+        assert_eq!(chunk, data);
+    }
 
     fn corrupt_reason(result: Result<Vec<u8>>) -> String {
         match result {
