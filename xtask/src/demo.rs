@@ -34,6 +34,16 @@ pub(crate) struct DemoArgs {
     size: u64,
 }
 
+impl DemoArgs {
+    /// A 64 MiB demo in `dir`, for the test suite.
+    pub(crate) fn small(dir: PathBuf) -> DemoArgs {
+        DemoArgs {
+            dir: Some(dir),
+            size: 64 << 20,
+        }
+    }
+}
+
 const HOSTS: usize = 4;
 const DEVICES_PER_HOST: usize = 2;
 

@@ -2,13 +2,14 @@
 //!
 //! Installs what the tests need (the Python virtualenv with real Orbax,
 //! TensorStore and the S3 server used by the storage tests), runs every
-//! crate's tests, then the interop checks against Python Orbax.
+//! crate's tests, the interop checks against Python Orbax, and a small run
+//! of the demo.
 
 use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{interop, venv};
+use crate::{demo, interop, venv};
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let python = venv::ensure_venv(root).context("installing the Python test dependencies")?;
@@ -32,5 +33,9 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         bail!("cargo test --doc failed ({status})");
     }
 
-    interop::run(root)
+    interop::run(root)?;
+
+    // The main job end to end, small enough for CI.
+    let args = demo::DemoArgs::small(root.join("target/demo-test"));
+    demo::run(root, &args)
 }
