@@ -1,6 +1,6 @@
-use ckpt_core::{num_bytes, DType, IndexBox};
+use ckpt_core::{num_bytes, num_bytes_usize, BoxIndices, DType, IndexBox};
 use ckpt_pytree::{param_name, KeyPath, PyTree};
-use ckpt_storage::{open_committed, Store};
+use ckpt_storage::{open_committed, ArrayReader, Store, StoredArray};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -111,8 +111,8 @@ pub struct LeafDigest {
 
 /// Reads every leaf of an opened checkpoint item and hashes its values.
 ///
-/// Arrays are read whole into memory one at a time; empty containers and
-/// `None` have no digest and are left out.
+/// Arrays are read one at a time, in pieces of at most 64 MiB. Empty
+/// containers and `None` have no digest and are left out.
 pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
     if let Some(tree) = read_legacy(item)? {
         return Ok(legacy_digests(&tree));
@@ -146,10 +146,7 @@ pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
             digest.sha256 = hex(&Sha256::digest(text.as_bytes()));
         } else if is_array_like(value.value_type.as_str()) {
             let stored = reader.array(&name)?;
-            let len = ckpt_core::num_bytes_usize(&stored.shape, stored.dtype)?;
-            let mut bytes = vec![0u8; len];
-            reader.read_region(&name, &stored, &IndexBox::full(&stored.shape), &mut bytes)?;
-            digest.sha256 = hex(&Sha256::digest(&bytes));
+            digest.sha256 = array_sha256(&reader, &name, &stored, DIGEST_READ_BYTES)?;
             digest.dtype = Some(stored.dtype);
             digest.shape = Some(stored.shape);
         } else {
@@ -158,6 +155,60 @@ pub fn leaf_digests(item: &Store) -> Result<Vec<LeafDigest>> {
         digests.push(digest);
     }
     Ok(digests)
+}
+
+/// Largest part of an array that [`leaf_digests`] reads at once, so that a
+/// `.zarray` claiming a huge shape cannot make it allocate that size.
+const DIGEST_READ_BYTES: u64 = 64 << 20;
+
+/// Hashes the C-order bytes of a stored array, reading consecutive boxes of
+/// at most `max_read_bytes` (or one element, if larger).
+fn array_sha256(
+    reader: &ArrayReader,
+    name: &str,
+    stored: &StoredArray,
+    max_read_bytes: u64,
+) -> Result<String> {
+    let shape = &stored.shape;
+    num_bytes(shape, stored.dtype)?;
+
+    // Trailing dimensions whose product fits in one read are read whole,
+    // and the dimension before them is cut into runs of `run` indices.
+    let mut split = shape.len();
+    let mut tail_bytes = stored.dtype.item_size() as u64;
+    while split > 0 && tail_bytes.saturating_mul(shape[split - 1]) <= max_read_bytes {
+        split -= 1;
+        tail_bytes *= shape[split];
+    }
+
+    let mut hasher = Sha256::new();
+    let mut read = |region: IndexBox| -> Result<()> {
+        let mut bytes = vec![0u8; num_bytes_usize(&region.shape(), stored.dtype)?];
+        reader.read_region(name, stored, &region, &mut bytes)?;
+        hasher.update(&bytes);
+        Ok(())
+    };
+    let Some(dim) = split.checked_sub(1) else {
+        read(IndexBox::full(shape))?;
+        return Ok(hex(&hasher.finalize()));
+    };
+
+    let run = (max_read_bytes / tail_bytes).max(1);
+    for prefix in BoxIndices::new(&IndexBox::full(&shape[..dim])) {
+        let mut start = 0;
+        while start < shape[dim] {
+            let stop = start.saturating_add(run).min(shape[dim]);
+            let mut lower = prefix.clone();
+            lower.push(start);
+            lower.resize(shape.len(), 0);
+            let mut upper: Vec<u64> = prefix.iter().map(|index| index + 1).collect();
+            upper.push(stop);
+            upper.extend_from_slice(&shape[split..]);
+            read(IndexBox::new(lower, upper)?)?;
+            start = stop;
+        }
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Value type, dtype, shape and bytes of a leaf held in memory.
@@ -219,4 +270,51 @@ fn legacy_digests(tree: &PyTree<Leaf>) -> Vec<LeafDigest> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ckpt_storage::{ArrayFormat, ArrayWriter, ObjectStoreBackend};
+
+    use super::*;
+
+    /// Writes a plain zarr v2 array of `shape` and returns a reader of it
+    /// with its bytes.
+    fn stored_array(shape: &[u64], chunks: &[u64]) -> (ArrayReader, StoredArray, Vec<u8>) {
+        let item = Store::new(Arc::new(ObjectStoreBackend::memory().unwrap()));
+        let mut format = ArrayFormat::default();
+        format.use_ocdbt = false;
+        let stored = StoredArray {
+            shape: shape.to_vec(),
+            dtype: DType::Int16,
+            chunk_shape: chunks.to_vec(),
+        };
+        let len = num_bytes_usize(shape, DType::Int16).unwrap();
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let writer = ArrayWriter::open(&item, &format, "0").unwrap();
+        writer.create_array("a", &stored).unwrap();
+        writer.write_region("a", &stored, &IndexBox::full(shape), &bytes).unwrap();
+        writer.finish().unwrap();
+        (ArrayReader::open(&item, Some(false)).unwrap(), stored, bytes)
+    }
+
+    #[test]
+    fn pieces_hash_like_whole() {
+        let cases: [(&[u64], &[u64]); 4] = [
+            (&[5, 3, 4], &[2, 3, 3]),
+            (&[7], &[3]),
+            (&[], &[]),
+            (&[1, 9], &[1, 4]),
+        ];
+        for (shape, chunks) in cases {
+            let (reader, stored, bytes) = stored_array(shape, chunks);
+            let whole = hex(&Sha256::digest(&bytes));
+            for max_read_bytes in [1, 2, 7, 8, 24, 25, 1 << 20] {
+                let pieces = array_sha256(&reader, "a", &stored, max_read_bytes).unwrap();
+                assert_eq!(pieces, whole, "shape {shape:?}, {max_read_bytes} bytes per read");
+            }
+        }
+    }
 }

@@ -332,6 +332,30 @@ fn overflowing_shape_fails_reads() {
     );
 }
 
+/// A `.zarray` may claim a shape far larger than the chunks stored.
+/// `leaf_digests` reads in bounded pieces, so it reports the first bad
+/// chunk instead of allocating the claimed size.
+#[test]
+fn huge_shape_fails_digests() {
+    let (dir, parent, _controller) = saved_plain_checkpoint();
+    // 2^40 rows of 2 float32 values claim 8 TiB. Large chunks keep the
+    // number of chunks in one bounded read small.
+    edit_file(
+        &checkpoint_file(&dir, "w/.zarray"),
+        "\"chunks\":[1,2]",
+        "\"chunks\":[65536,2]",
+    );
+    edit_file(
+        &checkpoint_file(&dir, "w/.zarray"),
+        "\"shape\":[4,2]",
+        "\"shape\":[1099511627776,2]",
+    );
+
+    let item = open_committed(&parent, "ckpt").expect("ckpt is committed");
+    let message = error_text(leaf_digests(&item), "leaf_digests");
+    assert_contains(&message, &["w/0.0", "corrupt"]);
+}
+
 // Hosts that fail during a save.
 
 /// Returns the restored bytes of `w` and the restored host array `h`.
