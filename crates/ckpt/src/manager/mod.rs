@@ -106,7 +106,7 @@ struct SaveContext {
 /// and decides which to keep (Orbax's `CheckpointManager`).
 ///
 /// Each step is a directory `<root>/<step>/` (named by
-/// [`StepNameFormat`]) holding one directory per item, such as a pytree
+/// [`StepNameFormat`]) containing one directory per item, such as a pytree
 /// `state/` and a JSON `extra/`, and a `_CHECKPOINT_METADATA` that records
 /// each item's handler and the step's metrics. Python Orbax reads these
 /// directories and the manager reads Orbax's.
@@ -246,7 +246,7 @@ impl CheckpointManager {
         self.saver.is_busy() || self.deleter.as_ref().is_some_and(|deleter| deleter.is_busy())
     }
 
-    /// Whether [`save`](Self::save) would save `step`.
+    /// Returns whether [`save`](Self::save) would save `step`.
     ///
     /// Never in read-only mode or at or before the newest step saved or in
     /// flight. Otherwise `should_save_fn` decides when it is set. Without it
