@@ -63,16 +63,17 @@ fn key_path_of(keypath: &Value) -> Value {
         .collect()
 }
 
-#[test]
-fn json_matches_expected_values() {
-    let path = fixture_dir("b_pytree_zarr2_no_ocdbt").join("ckpt");
+/// Runs `inspect --json` on a fixture's checkpoint and compares each line
+/// with the fixture's records.
+fn assert_json_matches(fixture: &str) {
+    let path = fixture_dir(fixture).join("ckpt");
     let output = run_ckpt(&["inspect", "--json", path.to_str().expect("UTF-8 path")]);
     let stdout = stdout_of(&output);
 
     let mut lines: BTreeMap<String, Value> = BTreeMap::new();
     for line in stdout.lines() {
         let value: Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("line {line:?} is not JSON: {error}"));
+            .unwrap_or_else(|error| panic!("{fixture}: line {line:?} is not JSON: {error}"));
         let name = value["param_name"]
             .as_str()
             .expect("param_name is a string")
@@ -80,29 +81,52 @@ fn json_matches_expected_values() {
         lines.insert(name, value);
     }
 
-    let expected = expected_leaves("b_pytree_zarr2_no_ocdbt");
-    assert_eq!(lines.len(), expected.len(), "one line per leaf");
+    let expected = expected_leaves(fixture);
+    assert_eq!(lines.len(), expected.len(), "{fixture}: one line per leaf");
     for leaf in &expected {
         let name = leaf["param_name"].as_str().expect("param_name is a string");
+        let context = format!("{fixture} {name}");
         let line = lines
             .get(name)
-            .unwrap_or_else(|| panic!("no line for {name} in {stdout}"));
+            .unwrap_or_else(|| panic!("{context}: no line in {stdout}"));
         assert_eq!(
             line["keypath"],
             key_path_of(&leaf["keypath"]),
-            "{name}: keypath"
+            "{context}: keypath"
         );
         assert_eq!(
             line["dtype"],
             leaf.get("dtype").cloned().unwrap_or(Value::Null),
-            "{name}: dtype"
+            "{context}: dtype"
         );
         assert_eq!(
             line["shape"],
             leaf.get("shape").cloned().unwrap_or(Value::Null),
-            "{name}: shape"
+            "{context}: shape"
         );
-        assert_eq!(line["sha256"], leaf["sha256"], "{name}: sha256");
+        assert_eq!(line["sha256"], leaf["sha256"], "{context}: sha256");
+    }
+}
+
+#[test]
+fn json_matches_expected_values() {
+    assert_json_matches("b_pytree_zarr2_no_ocdbt");
+}
+
+/// The other single-item fixtures: OCDBT, zarr v3, every dtype, scalars
+/// and empty nodes, no compression, and a checkpoint written without Orbax.
+#[test]
+fn json_matches_other_fixtures() {
+    for fixture in [
+        "a_pytree_ocdbt",
+        "c_pytree_zarr3_ocdbt",
+        "c2_pytree_zarr3_no_ocdbt",
+        "f_dtypes_zarr2",
+        "g_scalars_empty",
+        "j_uncompressed_single_replica",
+        "m_foreign_minimal",
+    ] {
+        assert_json_matches(fixture);
     }
 }
 
