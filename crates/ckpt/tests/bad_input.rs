@@ -543,3 +543,80 @@ fn standard_save_rejects_strings() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn save_rejects_zero_size_arrays() {
+    let controller = controller(2, 2);
+    let devices = controller.runtime().topology().device_ids();
+    let spec = ArraySpec {
+        shape: vec![0, 4],
+        dtype: DType::Float32,
+        sharding: Sharding::replicated(devices).expect("a replicated sharding"),
+    };
+    let empty = controller
+        .put_global(spec, &[])
+        .expect("put an empty array");
+    let empty_host =
+        HostArray::from_vec(vec![3, 0], Vec::<i32>::new()).expect("an empty host array");
+    let cases = [
+        ("sharded", PyTree::leaf(Leaf::Array(empty))),
+        ("host", PyTree::leaf(Leaf::HostArray(empty_host))),
+    ];
+
+    for (key, leaf) in cases {
+        let (_dir, parent) = local_parent();
+        let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
+        let tree = PyTree::dict([(key, leaf)]);
+        let message = error_text(
+            checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree)),
+            key,
+        );
+        assert_contains(&message, &[&format!("['{key}']"), "zero-size"]);
+        assert_eq!(
+            list_committed(&parent).expect("list the parent"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            parent.list_dirs().expect("list the parent"),
+            Vec::<String>::new()
+        );
+    }
+}
+
+/// Fixture b was saved on device ids 0..8, which a runtime of 4 devices lacks.
+#[test]
+fn restore_rejects_missing_devices() {
+    let (parent, name) = common::fixture_parent("b_pytree_zarr2_no_ocdbt", "ckpt");
+    let checkpointer = PyTreeCheckpointer::new(controller(2, 2));
+
+    let restored = checkpointer.restore(&parent, &name, PyTreeRestore::new());
+    let message = error_text(restored, "restore onto 4 devices");
+    assert_contains(
+        &message,
+        &["['params']['dense']", "device 4", "RestoreArgs::array"],
+    );
+}
+
+#[test]
+fn restore_rejects_wrong_target_shape() {
+    let (_dir, parent, controller) = saved_plain_checkpoint();
+    let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
+    let wrong = ArraySpec {
+        shape: vec![2, 4],
+        dtype: DType::Float32,
+        sharding: Sharding::single_device(controller.runtime().topology().device_ids()[0]),
+    };
+    let args = PyTree::dict([
+        ("w", PyTree::leaf(RestoreArgs::array(wrong))),
+        ("h", PyTree::leaf(RestoreArgs::default())),
+        ("s", PyTree::leaf(RestoreArgs::default())),
+    ]);
+
+    let restored = checkpointer.restore(
+        &parent,
+        "ckpt",
+        PyTreeRestore::new().with_restore_args(args),
+    );
+    let message = error_text(restored, "restore onto the wrong shape");
+    assert_contains(&message, &["['w']", "[2, 4]", "[4, 2]"]);
+}
