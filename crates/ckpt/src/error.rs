@@ -42,14 +42,6 @@ pub enum CkptError {
         /// What is wrong.
         reason: String,
     },
-    /// A checkpoint whose arrays are stored in a format ckpt does not read.
-    #[error("cannot read {path}: its _METADATA says arrays are stored as {format}, which ckpt does not read yet, so restore it with Orbax and save it again in Orbax's default format (OCDBT with zarr v2)")]
-    UnsupportedFormat {
-        /// The checkpoint item directory.
-        path: String,
-        /// The storage format, such as `zarr v3`.
-        format: String,
-    },
     /// A save that failed after `save` had returned. Nothing of it was committed.
     #[error("{operation} failed in the background, so nothing of it was committed: save it again")]
     Background {
