@@ -85,6 +85,12 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         tally.record(&name, check_written_by_ckpt(&python, &work, &config));
     }
 
+    let manager_work = work.join("manager");
+    tally.record(
+        "ckpt->orbax CheckpointManager directory",
+        crate::manager_interop::check_manager_interop(&python, &manager_work),
+    );
+
     println!("interop: {} passed, {} failed", tally.passed, tally.failed.len());
     if !tally.failed.is_empty() {
         bail!("interop checks failed: {}", tally.failed.join(", "));

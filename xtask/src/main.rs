@@ -7,12 +7,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_phase;
-mod bench;
-mod bench_phase;
 mod demo;
 mod fuzz;
 mod interop;
 mod lint;
+mod manager_interop;
 mod orbax;
 mod records;
 mod test;
@@ -27,8 +26,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Time ckpt against Python Orbax and the machine in release mode and write docs/BENCHMARKS.md.
-    Bench(bench::BenchArgs),
     /// Time ckpt against Python Orbax and the machine in release mode and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
@@ -53,7 +50,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
-        Task::Bench(args) => bench::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
         Task::Demo(args) => demo::run(&root, &args),
         Task::Fuzz { seconds } => fuzz::run(&root, seconds),

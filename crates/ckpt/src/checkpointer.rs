@@ -244,6 +244,7 @@ impl PyTreeCheckpointer {
         let context = RestoreContext {
             item,
             use_ocdbt: metadata.use_ocdbt,
+            use_zarr3: metadata.use_zarr3,
             controller: &self.controller,
             reader: &reader,
             shardings: &shardings,

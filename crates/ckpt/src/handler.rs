@@ -60,6 +60,8 @@ pub struct RestoreContext<'a> {
     pub item: &'a Store,
     /// Whether arrays are in OCDBT, as `_METADATA` records it.
     pub use_ocdbt: Option<bool>,
+    /// Whether arrays are zarr v3, as `_METADATA` records it.
+    pub use_zarr3: bool,
     /// The controller, through which handlers reach the hosts.
     pub controller: &'a Controller,
     /// The controller's reader of the item's arrays.

@@ -35,7 +35,7 @@ const HOSTS: usize = 4;
 const ELEMENTS_PER_HOST: usize = 6 * 1024 * 1024 / 4;
 
 /// Deadline of one storage request in the tests that hang a request.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A simulated cluster of [`HOSTS`] hosts with one device each, saving colocated.
 struct Cluster {

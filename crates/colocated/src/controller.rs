@@ -252,6 +252,7 @@ impl Controller {
         &self,
         item: &Store,
         use_ocdbt: Option<bool>,
+        use_zarr3: bool,
         targets: Vec<(String, ArraySpec)>,
     ) -> Result<Vec<ShardedArray>> {
         let arrays: Vec<ShardedArray> = targets
@@ -282,6 +283,7 @@ impl Controller {
                 let call = HostCall::RestoreShards {
                     item: item.clone(),
                     use_ocdbt,
+                    use_zarr3,
                     items,
                 };
                 (host, call)

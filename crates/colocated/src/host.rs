@@ -58,9 +58,10 @@ impl HostState {
             HostCall::RestoreShards {
                 item,
                 use_ocdbt,
+                use_zarr3,
                 items,
             } => self
-                .restore_shards(&item, use_ocdbt, items)
+                .restore_shards(&item, use_ocdbt, use_zarr3, items)
                 .map(|bytes| HostReply::Restored { bytes }),
             HostCall::Verify { id, generator } => {
                 self.verify(id, generator).map(HostReply::Verified)
@@ -212,9 +213,10 @@ impl HostState {
         &mut self,
         item: &Store,
         use_ocdbt: Option<bool>,
+        use_zarr3: bool,
         items: Vec<RestoreItem>,
     ) -> Result<u64> {
-        let reader = ArrayReader::open(item, use_ocdbt)?;
+        let reader = ArrayReader::open(item, use_ocdbt)?.with_zarr3(use_zarr3);
         let mut total = 0u64;
         for restore in items {
             let stored = reader.array(&restore.param_name)?;

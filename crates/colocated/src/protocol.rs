@@ -125,6 +125,8 @@ pub enum HostCall {
         item: Store,
         /// Whether the item stores arrays in OCDBT; `None` lets the reader detect it.
         use_ocdbt: Option<bool>,
+        /// Whether the item stores arrays as zarr v3 rather than v2.
+        use_zarr3: bool,
         /// The arrays.
         items: Vec<RestoreItem>,
     },

@@ -107,7 +107,7 @@ impl TypeHandler for ColocatedArrayHandler {
         let wanted: Vec<(String, ArraySpec)> = targets.iter().flatten().cloned().collect();
         let mut restored = context
             .controller
-            .restore_colocated(context.item, context.use_ocdbt, wanted)?
+            .restore_colocated(context.item, context.use_ocdbt, context.use_zarr3, wanted)?
             .into_iter();
         let mut leaves = Vec::with_capacity(entries.len());
         for (entry, target) in entries.iter().zip(&targets) {

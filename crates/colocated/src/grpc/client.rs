@@ -527,10 +527,12 @@ fn encode_call(call: &HostCall) -> std::result::Result<EncodedCall, String> {
         HostCall::RestoreShards {
             item,
             use_ocdbt,
+            use_zarr3,
             items,
         } => EncodedCall::Unary(WireCall::RestoreShards(RestoreShards {
             location: store_location(item)?,
             use_ocdbt: *use_ocdbt,
+            use_zarr3: *use_zarr3,
             items: items
                 .iter()
                 .map(restore_item_to_wire)

@@ -576,6 +576,7 @@ fn decode_call(call: WireCall, token: &CancelToken) -> Result<HostCall, Status> 
         WireCall::RestoreShards(restore) => HostCall::RestoreShards {
             item: open(&restore.location)?,
             use_ocdbt: restore.use_ocdbt,
+            use_zarr3: restore.use_zarr3,
             items: restore
                 .items
                 .into_iter()

@@ -423,6 +423,7 @@ impl SpmdProcess<'_> {
         let call = HostCall::RestoreShards {
             item,
             use_ocdbt: None,
+            use_zarr3: false,
             items,
         };
         let HostReply::Restored { bytes } = self.host.handle(call)? else {

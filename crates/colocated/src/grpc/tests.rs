@@ -113,7 +113,7 @@ fn colocated_save_restore_moves_no_bytes() {
     let committed = pending.commit().unwrap();
 
     let restored = controller
-        .restore_colocated(&committed, Some(true), vec![("a".into(), spec)])
+        .restore_colocated(&committed, Some(true), false, vec![("a".into(), spec)])
         .unwrap();
     assert_eq!(controller.verify(&restored[0], Generator::new(9)).unwrap().mismatches, 0);
     assert_eq!(controller.array_bytes(), 0);

@@ -59,7 +59,7 @@ message RestoreItem { uint64 id = 1; string param_name = 2; ArraySpec spec = 3; 
 
 message PutGenerated { uint64 id = 1; ArraySpec spec = 2; uint64 seed = 3; }
 message SaveShards { string location = 1; Format format = 2; repeated SaveItem items = 3; }
-message RestoreShards { string location = 1; optional bool use_ocdbt = 2; repeated RestoreItem items = 3; }
+message RestoreShards { string location = 1; optional bool use_ocdbt = 2; repeated RestoreItem items = 3; bool use_zarr3 = 4; }
 message Verify { uint64 id = 1; uint64 seed = 2; }
 message DropArrays { repeated uint64 ids = 1; }
 message ArrayPair { uint64 source = 1; uint64 copy = 2; }
@@ -292,6 +292,9 @@ pub(crate) struct RestoreShards {
     /// The arrays.
     #[prost(message, repeated, tag = "3")]
     pub(crate) items: Vec<WireRestoreItem>,
+    /// Whether the item stores arrays as zarr v3.
+    #[prost(bool, tag = "4")]
+    pub(crate) use_zarr3: bool,
 }
 
 /// Compares an array with a generator's values.

@@ -187,7 +187,7 @@ pub(crate) fn restore_mismatches(controller: &Controller, parent: &Store, name: 
         .iter()
         .map(|array| (array.name.to_owned(), array.spec.clone()))
         .collect();
-    let restored = controller.restore_colocated(&item, Some(true), targets).unwrap();
+    let restored = controller.restore_colocated(&item, Some(true), false, targets).unwrap();
     let mut mismatches = 0;
     for (array, handle) in model.iter().zip(&restored) {
         let report = controller.verify(handle, Generator::new(array.seed)).unwrap();
