@@ -1,12 +1,13 @@
 """Time Python Orbax saving and restoring a model-like tree for `cargo xtask bench`.
 
-The tree has the layout that xtask/src/bench.rs builds: an f32 embedding
-[8192, 1024], then layers of an f32 attention qkv [1024, 3072] sharded on
-both mesh axes, a bf16 attention out [1024, 1024] sharded by rows, an f32
-mlp up [1024, 4096] sharded by columns, a bf16 mlp down [4096, 1024]
-sharded by rows and two replicated f32 norms [1024], plus an int step and a
-float learning rate. Values are normal with standard deviation 0.02, like
-initialized weights, so zstd compresses them about as much as real ones.
+The tree has the layout that xtask/src/bench_phase.rs restores. It starts
+with an f32 embedding [8192, 1024]. Each layer has an f32 attention qkv
+[1024, 3072] sharded on both mesh axes, a bf16 attention out [1024, 1024]
+sharded by rows, an f32 mlp up [1024, 4096] sharded by columns, a bf16 mlp
+down [4096, 1024] sharded by rows and two replicated f32 norms [1024]. The
+tree also has an int step and a float learning rate. Values are normal with
+standard deviation 0.02, like initialized weights, so they are non-zero and
+not trivially compressible.
 The arrays live on a 4x2 mesh of 8 simulated CPU devices.
 
 Modes:
@@ -47,7 +48,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 HIDDEN = 1024
 VOCAB = 8192
 # Bytes of one layer: qkv f32 [h, 3h], out bf16 [h, h], up f32 [h, 4h],
-# down bf16 [4h, h] and two f32 norms [h]. bench.rs uses the same formula.
+# down bf16 [4h, h] and two f32 norms [h]. bench_phase.rs uses the same formula.
 LAYER_BYTES = HIDDEN * HIDDEN * (3 * 4 + 2 + 4 * 4 + 4 * 2) + 2 * HIDDEN * 4
 EMBEDDING_BYTES = VOCAB * HIDDEN * 4
 

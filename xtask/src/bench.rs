@@ -115,7 +115,7 @@ fn build_release(root: &Path) -> Result<PathBuf> {
     Ok(target.join("release").join("xtask"))
 }
 
-/// What every child process needs.
+/// Paths and sizes shared by every child process.
 struct Child {
     binary: PathBuf,
     python: PathBuf,
@@ -273,11 +273,11 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
     writeln!(
         out,
         "Method: every phase runs in a fresh process (ckpt phases built with `cargo build --release`), \
-         does one warm-up run and then {runs} timed runs{}; tables give min, median and max seconds, and \
+         does one warm-up run and then {runs} timed runs{}. Tables give min, median and max seconds, and \
          GB/s (10^9 bytes per second) at the median. Ratios compare median throughputs. The tree is \
          {:.1} MiB of arrays: an f32 embedding, layers of f32 and bf16 weights and replicated f32 norms, \
-         an int step and a float learning rate, on a 4x2 mesh of 8 devices (4 in-process hosts x 2 \
-         devices for ckpt, 8 simulated CPU devices for JAX). Values are normal with standard deviation \
+         an int step and a float learning rate. It lives on a 4x2 mesh of 8 devices, which are 4 \
+         in-process hosts x 2 devices for ckpt and 8 simulated CPU devices for JAX. Values are normal with standard deviation \
          0.02, written by Orbax; ckpt saves exactly the values it restored from Orbax's checkpoint. \
          ckpt saves and restores colocated and fsyncs every file, as its local store does by default.\n",
         if quick { " (`--quick`: 3 timed runs instead of 5)" } else { "" },
@@ -307,7 +307,7 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
         "The write reference is a Rust loop of 64 MiB `write` calls of non-zero bytes into a new file \
          (page cache, no fsync), not `dd`. The read references read that file whole into a newly \
          allocated buffer (`std::fs::read`) and into one buffer touched before; the copy is \
-         `copy_from_slice` between two touched buffers. All use {:.1} MiB, the tree's array bytes.\n",
+         `copy_from_slice` between two touched buffers. All use the `--size` bytes, {:.1} MiB.\n",
         m.bytes as f64 / (1u64 << 20) as f64
     )?;
     ratio_table(
@@ -351,7 +351,7 @@ fn render_memory(out: &mut String, r: &Results) -> Result<()> {
         out,
         "Peak RSS is `VmHWM` of the process doing the work, reset through `/proc/self/clear_refs` just \
          before its warm-up run, minus its RSS at that moment. For a save the tree is already live at \
-         that moment, so the difference is memory beyond the live arrays. For a restore it includes \
+         that moment, so the difference is memory beyond the live arrays; that RSS also contains what the untimed restore of Orbax's checkpoint, which loads the values, left in the allocator. For a restore it includes \
          the restored arrays themselves, as the target counts them.\n"
     )?;
     writeln!(out, "| phase | array bytes | RSS before, MiB | peak RSS, MiB | peak extra, MiB | limit, MiB | met |")?;

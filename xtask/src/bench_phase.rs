@@ -28,7 +28,7 @@ const DEVICES_PER_HOST: usize = 2;
 const HIDDEN: u64 = 1024;
 const VOCAB: u64 = 8192;
 
-/// Size of each write and read of the machine references: 64 MiB.
+/// Size of each `write` call of the page-cache write reference: 64 MiB.
 const IO_BLOCK: usize = 64 << 20;
 
 /// Timings and memory of one phase.
@@ -103,7 +103,7 @@ enum MeshShape {
     Column,
 }
 
-/// A 4-host x 2-device in-process cluster and its controller.
+/// Creates a 4-host x 2-device in-process cluster and returns its controller.
 fn cluster() -> Result<(Arc<Controller>, Topology)> {
     let topology = Topology::uniform(HOSTS, DEVICES_PER_HOST)?;
     let runtime = InProcessRuntime::new(topology.clone())?;
