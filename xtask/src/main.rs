@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_async;
 mod bench_phase;
 mod demo;
 mod fuzz;
@@ -13,6 +14,7 @@ mod interop;
 mod lint;
 mod manager_interop;
 mod orbax;
+mod s3;
 mod records;
 mod test;
 mod venv;
@@ -38,6 +40,14 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Measure 20 background saves of 256 MiB: time `save` blocks and peak RSS per save.
+    BenchAsync,
+    /// Measure save and restore into S3 on a loopback moto server against plain object_store.
+    BenchS3 {
+        /// Bytes of array data; accepts a plain number of bytes.
+        #[arg(long, default_value_t = 256 << 20)]
+        size: u64,
+    },
     /// Check ckpt against real Python Orbax in both directions (installs a venv under target/).
     Interop,
     /// Run every test: installs the Python dependencies, runs cargo test, then the interop checks.
@@ -53,6 +63,11 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench::run(&root, &args),
         Task::Demo(args) => demo::run(&root, &args),
         Task::Fuzz { seconds } => fuzz::run(&root, seconds),
+        Task::BenchAsync => bench_async::run(&root),
+        Task::BenchS3 { size } => {
+            println!("{}", s3::bench_s3(&root, size)?);
+            Ok(())
+        }
         Task::Interop => interop::run(&root),
         Task::Lint => lint::run(&root),
         Task::OrbaxFixtures => interop::regenerate_fixtures(&root),
