@@ -3,10 +3,11 @@
 //! Orbax writes, ckpt reads: every checkpoint under `testdata/orbax` and
 //! `testdata/orbax-generated`, plus a fresh set written now by
 //! `python/make_fixtures.py`, must read back with the values recorded in
-//! its `expected_values.json`. ckpt writes, Orbax reads: a tree of every
-//! leaf kind, sharded over a 4-host simulated cluster, saved in each format
-//! option and by both the colocated and the gather path, must restore in
-//! Orbax with the same values, without a target and onto another mesh.
+//! its `expected_values.json`. ckpt writes, Orbax reads: ckpt saves a tree
+//! of every leaf kind, sharded over a 4-host simulated cluster, in each
+//! format option and by both the colocated and the gather path. Orbax must
+//! restore each with the same values, without a target and onto another
+//! mesh.
 
 use std::{
     fs,

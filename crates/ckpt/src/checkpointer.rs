@@ -28,7 +28,7 @@ pub(crate) const PYTREE_HANDLER_NAME: &str =
 pub(crate) const STANDARD_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler";
 
-/// What a save did.
+/// Summary of a finished save.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SaveSummary {
     /// Leaves saved, empty containers and `None` not counted.
@@ -41,7 +41,7 @@ pub struct SaveSummary {
 /// `PyTreeCheckpointer`): sharded arrays, host arrays, scalars and strings.
 ///
 /// A checkpoint is written under a temporary name and committed at the end
-/// (see [`ckpt_storage::PendingCheckpoint`]); a failed save leaves no
+/// (see [`ckpt_storage::PendingCheckpoint`]). A failed save leaves no
 /// committed checkpoint and does not touch an earlier one.
 #[derive(Debug)]
 pub struct PyTreeCheckpointer {

@@ -1,9 +1,9 @@
 //! The requests a controller sends to hosts and their replies.
 //!
 //! Requests name arrays by id and describe boxes, formats and storage
-//! locations; array bytes appear only in [`HostCall::PutArray`] with
-//! [`PutSource::Shards`] and in [`HostReply::Shards`], which is where a
-//! runtime counts the bytes that pass through the controller.
+//! locations. Array bytes appear only in [`HostCall::PutArray`] with
+//! [`PutSource::Shards`] and in [`HostReply::Shards`], so those are where
+//! the controller counts the bytes that pass through it.
 
 use bytes::Bytes;
 use ckpt_core::{DType, IndexBox};
@@ -23,11 +23,11 @@ pub struct ArraySpec {
     pub shape: Vec<u64>,
     /// Element type.
     pub dtype: DType,
-    /// How the array is laid out over devices.
+    /// The layout of the array over devices.
     pub sharding: Sharding,
 }
 
-/// Where a host gets the shard data of a new array.
+/// The source of a new array's shard data on a host.
 #[derive(Clone, Debug)]
 pub enum PutSource {
     /// Generate values on the host from a seed.
@@ -37,9 +37,9 @@ pub enum PutSource {
     Shards(Vec<(IndexBox, Bytes)>),
 }
 
-/// How the replicas of a shard share writing it (Orbax's replica-parallel
-/// saving): replica `r` writes the `r`-th of `replicas` equal slices of the
-/// shard along `axis`.
+/// The split of a shard's writing among its replicas (Orbax's
+/// replica-parallel saving). Replica `r` writes the `r`-th of `replicas`
+/// equal slices of the shard along `axis`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicaSlicing {
     /// The shard axis that is split.

@@ -216,8 +216,8 @@ fn replica_slicing(
     Ok(axis.map(|axis| ReplicaSlicing { axis, replicas }))
 }
 
-/// The shape of the largest shard, which is the first shard's under JAX's
-/// ceiling division.
+/// Returns the shape of the largest shard, which is the first shard's
+/// under JAX's ceiling division.
 fn shard_shape(spec: &ArraySpec) -> std::result::Result<Vec<u64>, String> {
     if spec.shape.contains(&0) {
         return Err(format!(
@@ -243,8 +243,8 @@ fn saved_leaf(plan: &PlannedArray<'_>) -> Result<SavedLeaf> {
     })
 }
 
-/// The sharding a leaf is restored onto: the caller's, or the one recorded
-/// in `_sharding` when its devices exist in this runtime.
+/// Returns the spec a leaf is restored onto: the caller's, or the saved
+/// sharding recorded in `_sharding` when its devices exist in this runtime.
 pub(crate) fn target_spec(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<ArraySpec> {
     let stored = context.reader.array(entry.param_name)?;
     let spec = match &entry.args.target {
