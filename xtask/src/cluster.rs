@@ -3,8 +3,8 @@
 //!
 //! Each host is a `ckpt-worker` process on its own address (host 0 on
 //! 127.0.0.1, host 1 on 127.0.0.2, ...). In `colocated` and `gather` mode
-//! this process is the controller and saves and restores through the
-//! `ckpt` facade over a `GrpcRuntime`; in `spmd` mode every host is an SPMD
+//! this process is the controller, which saves and restores through the
+//! `ckpt` facade over a `GrpcRuntime`. In `spmd` mode every host is an SPMD
 //! process and there is no controller. Every process started here is
 //! stopped when the scenario ends, passes, fails or panics: the launcher
 //! kills its children on drop, and the children exit when this process's
@@ -77,7 +77,7 @@ pub(crate) struct ClusterArgs {
     controller_child: Option<String>,
 }
 
-/// How the cluster saves.
+/// Deployment and save path of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
@@ -86,7 +86,7 @@ enum Mode {
     Spmd,
 }
 
-/// What the cluster does.
+/// Scenario run on the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Scenario {
@@ -139,7 +139,7 @@ struct Metrics {
     save_error: Option<String>,
     /// Whether every check of the scenario held.
     passed: bool,
-    /// Why the scenario failed, when it did.
+    /// The scenario's error, when it failed.
     error: Option<String>,
 }
 
@@ -234,11 +234,14 @@ fn build_worker(root: &Path) -> Result<PathBuf> {
         .and_then(|name| name.to_str())
         .unwrap_or("debug")
         .to_owned();
+
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(&cargo);
-    command
-        .current_dir(root)
-        .args(["build", "--quiet", "-p", "ckpt-colocated", "--bin", "ckpt-worker"]);
+    // Selecting xtask too resolves features as for this task's own build,
+    // so the shared crates are not compiled a second time.
+    command.current_dir(root).args([
+        "build", "--quiet", "-p", "xtask", "-p", "ckpt-colocated", "--bin", "ckpt-worker",
+    ]);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -248,6 +251,8 @@ fn build_worker(root: &Path) -> Result<PathBuf> {
             command.args(["--profile", other]);
         }
     }
+    remove_cargo_run_variables(&mut command);
+
     let status = command
         .status()
         .with_context(|| format!("running {cargo} build for ckpt-worker"))?;
@@ -257,7 +262,29 @@ fn build_worker(root: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// What every scenario needs.
+/// Removes the variables that `cargo run` gives this process about its
+/// package. Build scripts that watch them (ring's does) would see them
+/// change and rebuild half the dependency tree.
+fn remove_cargo_run_variables(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo_run = key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if set_by_cargo_run {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// Settings shared by every scenario.
 struct Run<'a> {
     args: &'a ClusterArgs,
     launch: LaunchOptions,
@@ -280,7 +307,7 @@ impl Run<'_> {
             .unwrap_or(if self.args.hosts > 1 { self.args.hosts / 2 } else { 2 })
     }
 
-    /// The host that the fault scenarios kill or slow down: the last one.
+    /// Returns the host that the fault scenarios kill or slow down: the last one.
     fn victim(&self) -> usize {
         self.args.hosts - 1
     }
@@ -289,7 +316,7 @@ impl Run<'_> {
 // ---------------------------------------------------------------------------
 // The model: sharded arrays with uneven shards and a scalar.
 
-/// How an array is laid out over the `x` (hosts) and `y` (devices) mesh axes.
+/// Layout of an array over the `x` (hosts) and `y` (devices) mesh axes.
 #[derive(Clone, Copy, Debug)]
 enum Layout {
     Rows,
@@ -381,9 +408,9 @@ fn total_bytes(arrays: &[ModelArray]) -> u64 {
     arrays.iter().map(ModelArray::bytes).sum()
 }
 
-/// The `hosts` x `devices_per_host` mesh with axes `x` and `y`; with
-/// `transposed`, the `devices_per_host` x `hosts` one, a different mesh
-/// over the same devices.
+/// Returns the `hosts` x `devices_per_host` mesh with axes `x` and `y`.
+/// With `transposed` it returns the `devices_per_host` x `hosts` mesh, a
+/// different mesh over the same devices.
 fn mesh(topology: &Topology, hosts: usize, devices_per_host: usize, transposed: bool) -> Result<Mesh> {
     let shape = if transposed {
         vec![devices_per_host, hosts]
@@ -480,6 +507,12 @@ impl ControllerCluster {
 
     /// Restores `name` onto this cluster's mesh and checks every leaf.
     fn restore_and_verify(&self, parent: &Store, name: &str, arrays: &[ModelArray], mode: Mode) -> Result<()> {
+        let restored = self.restore(parent, name, arrays, mode)?;
+        self.verify(&restored, arrays)
+    }
+
+    /// Restores `name` onto this cluster's mesh.
+    fn restore(&self, parent: &Store, name: &str, arrays: &[ModelArray], mode: Mode) -> Result<PyTree<Leaf>> {
         let colocated = mode == Mode::Colocated;
         let mut params = Vec::with_capacity(arrays.len());
         for array in arrays {
@@ -493,7 +526,7 @@ impl ControllerCluster {
         let restored = self
             .checkpointer
             .restore(parent, name, PyTreeRestore::new().with_restore_args(restore_args))?;
-        self.verify(&restored, arrays)
+        Ok(restored)
     }
 
     fn verify(&self, restored: &PyTree<Leaf>, arrays: &[ModelArray]) -> Result<()> {
@@ -589,10 +622,10 @@ fn measured_restore(
 ) -> Result<()> {
     let before = cluster.controller.array_bytes();
     let started = Instant::now();
-    cluster.restore_and_verify(parent, name, arrays, mode)?;
+    let restored = cluster.restore(parent, name, arrays, mode)?;
     metrics.restore_seconds = started.elapsed().as_secs_f64();
     metrics.restore_controller_array_bytes = cluster.controller.array_bytes() - before;
-    Ok(())
+    cluster.verify(&restored, arrays)
 }
 
 fn run_controller_scenario(context: &Run<'_>, metrics: &mut Metrics) -> Result<()> {
@@ -762,7 +795,7 @@ fn slow_worker(
 // ---------------------------------------------------------------------------
 // kill-primary-before-commit: a controller in a child process.
 
-/// What the controller child needs, passed as JSON in `--controller-child`.
+/// Settings of the controller child, passed as JSON in `--controller-child`.
 #[derive(Debug, Serialize, Deserialize)]
 struct ChildSetup {
     addresses: Vec<String>,
@@ -817,8 +850,8 @@ fn kill_controller_before_commit(
     Ok(())
 }
 
-/// The controller child: saves up to the commit point, reports it, and
-/// waits to be killed.
+/// Runs the controller child: saves up to the commit point, reports that,
+/// and waits to be killed.
 fn run_controller_child(setup: &str) -> Result<()> {
     let setup: ChildSetup = serde_json::from_str(setup).context("parsing --controller-child")?;
     let hosts = setup.addresses.len();
@@ -845,10 +878,10 @@ fn run_controller_child(setup: &str) -> Result<()> {
     bail!("the save committed although this controller should have been killed before its commit")
 }
 
-/// A backend that stops the process's progress just before a commit: the
-/// first write of `commit_success.txt`, which precedes the rename on local
-/// disks and is the commit itself on object stores, prints a line and
-/// sleeps until the process is killed.
+/// A backend that stops the process just before a commit. A write of
+/// `commit_success.txt` prints a line and sleeps until the process is
+/// killed. That write precedes the rename on local disks and is the commit
+/// itself on object stores.
 #[derive(Debug)]
 struct PauseBeforeCommit {
     inner: Arc<dyn Backend>,
@@ -939,7 +972,7 @@ fn spmd_arrays(arrays: &[ModelArray], mesh: &Mesh) -> Result<Vec<SpmdArray>> {
         .collect()
 }
 
-/// The configs of an SPMD job of `processes` processes.
+/// Returns the configs of an SPMD job of `processes` processes.
 fn spmd_job(
     context: &Run<'_>,
     processes: usize,
@@ -1121,7 +1154,7 @@ fn spmd_slow_process(context: &Run<'_>, parent: &Store, arrays: &[ModelArray], m
 
 // ---------------------------------------------------------------------------
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// Polls `condition` every 10 ms until it is true or `timeout` passes.
 fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !condition() {

@@ -1,7 +1,7 @@
 //! Cluster scenarios with one `ckpt-worker` process per host on loopback
-//! and the test process as the controller: save and restore colocated and
-//! gathered, reshard onto other host counts, a worker killed during a
-//! save, and a worker too slow for the deadline.
+//! and the test process as the controller. They save and restore colocated
+//! and gathered, reshard onto other host counts, kill a worker during a
+//! save, and stall a worker past the deadline.
 
 mod cluster_support;
 
@@ -127,7 +127,8 @@ fn slow_worker_misses_deadline() {
     let started = std::time::Instant::now();
     let error = save(&cluster.controller, &parent, "step_1", &model, &arrays, Mode::Colocated).unwrap_err();
     let elapsed = started.elapsed();
-    assert!(elapsed >= deadline && elapsed < deadline + 5 * SECOND, "{elapsed:?}");
+    assert!(elapsed >= deadline, "{elapsed:?}");
+    assert!(elapsed < deadline + 5 * SECOND, "{elapsed:?}");
     assert!(matches!(error, ColocatedError::HostFailed { host: 1, .. }), "{error}");
     assert!(error.to_string().contains("deadline"), "{error}");
     assert!(list_committed(&parent).unwrap().is_empty());

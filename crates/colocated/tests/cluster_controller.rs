@@ -53,8 +53,8 @@ fn killed_controller_commits_nothing() {
     assert_eq!(restore_mismatches(&cluster.controller, &parent, "step_2", &model), 0);
 }
 
-/// The child: saves `step_2` up to the commit, reports that on standard
-/// output, and waits to be killed.
+/// Runs the child: saves `step_2` up to the commit, reports that on
+/// standard output, and waits to be killed.
 fn run_controller_until_killed(setup: &str) -> ! {
     let mut lines = setup.lines();
     let dir = lines.next().unwrap().to_owned();

@@ -33,7 +33,7 @@ const USAGE: &str = "usage:
   --exit-on-stdin-eof   shut down when standard input closes, such as when the parent exits
   --config JSON         the SPMD process's configuration (SpmdConfig as JSON)";
 
-/// What the command line asks for.
+/// The mode the command line selects, with its settings.
 enum Mode {
     Help,
     Serve {

@@ -5,6 +5,11 @@
 //! cannot stop that thread. Instead the request's storage goes through
 //! [`CancellableBackend`], whose every operation fails once the request's
 //! [`CancelToken`] is set, so the work stops at its next read or write.
+//!
+//! NOTE: an operation that is already running when the token is set
+//! finishes, so one object can still land after the controller has aborted
+//! the save. The next save of the same name removes it with the rest of
+//! the unfinished directory.
 
 use std::{
     ops::Range,

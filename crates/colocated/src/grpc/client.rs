@@ -105,9 +105,9 @@ pub struct WorkerHealth {
 /// A runtime whose hosts are worker processes reached over gRPC.
 ///
 /// Each worker (see [`crate::WorkerServer`] and the `ckpt-worker` binary)
-/// owns one host's devices. The runtime opens a session on every worker;
-/// the arrays it creates live in that session, so several controllers can
-/// share workers without mixing up array ids. Requests carry storage
+/// owns one host's devices. The runtime opens a session on every worker,
+/// and the arrays it creates live in that session. Several controllers can
+/// so share workers without mixing up array ids. Requests carry storage
 /// locations as paths or URLs, which the workers open themselves, so
 /// in-memory stores are rejected. Array bytes travel only in puts from
 /// the controller's bytes and in fetches (the gather path), streamed in
@@ -187,12 +187,12 @@ impl GrpcRuntime {
         Ok(grpc)
     }
 
-    /// The workers' addresses, by host.
+    /// Returns the workers' addresses, by host.
     pub fn addresses(&self) -> Vec<String> {
         self.links.iter().map(|link| link.address.clone()).collect()
     }
 
-    /// The options in use.
+    /// Returns the options in use.
     pub fn options(&self) -> &GrpcRuntimeOptions {
         &self.options
     }
@@ -433,8 +433,8 @@ impl Runtime for GrpcRuntime {
 }
 
 impl Drop for GrpcRuntime {
-    /// Ends the session on every worker that still answers, so the workers
-    /// free its arrays. A worker that does not answer within a second keeps
+    /// Ends the session on every worker that still replies, so the workers
+    /// free its arrays. A worker that does not reply within a second keeps
     /// them until it stops.
     fn drop(&mut self) {
         if tokio::runtime::Handle::try_current().is_ok() {

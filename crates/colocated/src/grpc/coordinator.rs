@@ -5,7 +5,7 @@
 //! process that dies closes its connection, which ends the stream, so the
 //! coordinator fails every barrier the process has not reached at once,
 //! naming it, instead of waiting for the timeout. A process may also arrive
-//! at a barrier with an error, which fails the barrier for everyone; that
+//! at a barrier with an error, which fails the barrier for everyone. That
 //! is how a failed write on one process aborts the save on all of them.
 
 use std::{
@@ -353,7 +353,7 @@ impl CoordinatorServer {
         })
     }
 
-    /// The address the service listens on.
+    /// Returns the address the service listens on.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.address
     }

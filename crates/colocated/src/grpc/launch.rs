@@ -85,12 +85,12 @@ impl ChildProcess {
         })
     }
 
-    /// The name given at spawn.
+    /// Returns the name given at spawn.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The operating system's process id.
+    /// Returns the operating system's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -128,8 +128,8 @@ impl ChildProcess {
         }
     }
 
-    /// Closes the child's standard input, which asks a worker started with
-    /// `--exit-on-stdin-eof` to shut down gracefully.
+    /// Closes the child's standard input, which makes a worker started with
+    /// `--exit-on-stdin-eof` shut down gracefully.
     pub fn close_stdin(&mut self) {
         self.stdin = None;
     }
@@ -145,7 +145,7 @@ impl ChildProcess {
             .map_err(|err| self.error(format!("could not be killed: {err}")))
     }
 
-    /// Whether the process is still running.
+    /// Returns whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -193,7 +193,7 @@ impl Drop for ChildProcess {
     }
 }
 
-/// How [`WorkerCluster`] and [`spawn_spmd`] start processes.
+/// Options of [`WorkerCluster`] and [`spawn_spmd`]: the binary, its logs and its start timeout.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct LaunchOptions {
@@ -261,7 +261,7 @@ impl LaunchOptions {
     }
 }
 
-/// The loopback address of host `host`: 127.0.0.1 for host 0, 127.0.0.2
+/// Returns the loopback address of host `host`: 127.0.0.1 for host 0, 127.0.0.2
 /// for host 1, and so on, with port 0 so the worker picks a free port.
 pub fn loopback_address(host: usize) -> Result<String, GrpcError> {
     let last = u8::try_from(host + 1)
@@ -312,7 +312,7 @@ impl WorkerCluster {
         Ok((worker, address))
     }
 
-    /// The workers' `ip:port` addresses, by host.
+    /// Returns the workers' `ip:port` addresses, by host.
     pub fn addresses(&self) -> &[String] {
         &self.addresses
     }
@@ -322,12 +322,12 @@ impl WorkerCluster {
         self.workers.len()
     }
 
-    /// Whether the cluster has no workers.
+    /// Returns whether the cluster has no workers.
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }
 
-    /// The process id of a running worker.
+    /// Returns the process id of a running worker.
     pub fn pid(&self, host: usize) -> Option<u32> {
         self.workers.get(host)?.as_ref().map(ChildProcess::id)
     }
@@ -386,8 +386,8 @@ impl WorkerCluster {
 /// Starts one `ckpt-worker spmd` process per config, process 0 first so
 /// the others get its coordinator's address, and returns them by index.
 ///
-/// `configs[i]` must be process `i`'s; process 0's `coordinator` is the
-/// address it listens on, and the others' are replaced by the address it reports.
+/// `configs[i]` must be process `i`'s. Process 0 listens on its
+/// `coordinator` address, and the others' are replaced by the address it reports.
 pub fn spawn_spmd(
     mut configs: Vec<SpmdConfig>,
     options: &LaunchOptions,

@@ -50,7 +50,7 @@ const PIECES_IN_FLIGHT: usize = 4;
 pub(crate) const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
-/// How a worker is started.
+/// Options of a worker server.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// The worker's host index in every topology it serves.
@@ -96,7 +96,7 @@ impl ShutdownHandle {
     /// Resolves once a shutdown is requested.
     pub(crate) async fn requested(&self) {
         let mut receiver = self.0.subscribe();
-        // An error means the sender is gone, which cannot happen while `self` holds it.
+        // An error means the sender was dropped, which cannot happen while `self` owns it.
         let _ = receiver.wait_for(|stopped| *stopped).await;
     }
 }
@@ -158,7 +158,7 @@ impl WorkerServer {
         })
     }
 
-    /// The address the server listens on.
+    /// Returns the address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.worker.address
     }
@@ -409,10 +409,10 @@ impl Worker {
             let result = lock(&state).handle(call);
             result.map_err(|err| status_from_error(&err, &token))
         });
-        let result = work
-            .await
-            .map_err(|err| Status::internal(format!("the request's thread failed: {err}")))
-            .and_then(|result| result);
+        let result = match work.await {
+            Ok(result) => result,
+            Err(err) => Err(Status::internal(format!("the request's thread failed: {err}"))),
+        };
         guard.finish();
         match &result {
             Ok(_) => debug!(host, operation, "request done"),
@@ -447,6 +447,7 @@ impl Worker {
         let (sender, receiver) = mpsc::channel(PIECES_IN_FLIGHT);
         let guard = CallGuard::start(&self, CancelToken::default(), "fetch shards", true);
         let delay = Duration::from_millis(self.save_delay_ms.load(Ordering::Relaxed));
+        let host = self.host;
 
         // The blocking thread sends one array's shards at a time, so the
         // worker holds at most one array's copy beside its devices' data.
@@ -472,7 +473,9 @@ impl Worker {
                         return guard.finish();
                     }
                     Err(err) => {
-                        let _ = sender.blocking_send(Err(status_from_error(&err, &CancelToken::default())));
+                        let status = status_from_error(&err, &CancelToken::default());
+                        warn!(host = host, operation = "fetch shards", error = status.message(), "request failed");
+                        let _ = sender.blocking_send(Err(status));
                         return guard.finish();
                     }
                 };

@@ -44,7 +44,7 @@ const PYTREE_HANDLER_NAME: &str =
 /// Time the primary lets the other processes collect the last barrier's reply before it stops the coordinator.
 const COORDINATOR_GRACE: Duration = Duration::from_secs(5);
 
-/// One array of an SPMD program: every process holds the shards of its own devices.
+/// One array of an SPMD program: each process creates the shards on its own devices.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpmdArray {
     /// The array's key in the checkpoint's top-level dict. It must not
@@ -72,7 +72,7 @@ pub struct SpmdFaults {
     pub pause_before_commit: bool,
 }
 
-/// What one SPMD process does.
+/// Configuration of one SPMD process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpmdConfig {
     /// This process's index, which is also its host index.
@@ -84,7 +84,7 @@ pub struct SpmdConfig {
     /// The coordination service's `ip:port`. Process 0 listens on it, where
     /// port 0 picks a free port; the others connect to the address it reports.
     pub coordinator: String,
-    /// The directory that holds the checkpoints, as a local path or URL.
+    /// The directory of the checkpoints, as a local path or URL.
     pub directory: String,
     /// The arrays, the same in every process.
     pub arrays: Vec<SpmdArray>,
@@ -102,7 +102,7 @@ pub struct SpmdConfig {
     pub faults: SpmdFaults,
 }
 
-/// What one SPMD process did.
+/// Outcome of one SPMD process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SpmdReport {
@@ -132,12 +132,12 @@ pub enum SpmdEvent {
     CoordinatorListening(SocketAddr),
     /// The process starts writing its shards of the checkpoint.
     WritingShards,
-    /// The primary stopped before committing, as [`SpmdFaults::pause_before_commit`] asks.
+    /// The primary stopped before committing, as [`SpmdFaults::pause_before_commit`] requests.
     PausedBeforeCommit,
 }
 
 /// Runs one SPMD process to the end: joins the job, creates its shards of
-/// every array, then saves and restores as `config` asks.
+/// every array, then saves and restores as `config` requests.
 ///
 /// Blocks the calling thread, which must not run a tokio runtime.
 pub fn run_spmd_process(
@@ -448,7 +448,7 @@ impl SpmdProcess<'_> {
     }
 }
 
-/// The id of the array at `position` in this process's host state.
+/// Returns the id of the array at `position` in this process's host state.
 fn saved_id(position: usize) -> ArrayId {
     ArrayId(position as u64 + 1)
 }
@@ -461,8 +461,8 @@ fn spec(array: &SpmdArray) -> ArraySpec {
     }
 }
 
-/// The chunk shape of an array: its first shard's shape, as the `ckpt`
-/// facade and Orbax choose it, so every shard is whole chunks.
+/// Returns the chunk shape of an array: its first shard's shape, which the
+/// `ckpt` facade and Orbax choose too, so every shard is made of whole chunks.
 fn write_shape(array: &SpmdArray) -> Result<Vec<u64>, GrpcError> {
     let slices = array.sharding.devices_indices_map(&array.shape)?;
     let Some(first) = slices.first() else {

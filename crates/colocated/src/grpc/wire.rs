@@ -419,8 +419,8 @@ pub(crate) enum WireReply {
 /// A piece of one shard's bytes.
 ///
 /// The pieces of a shard travel in order and back to back. The first has
-/// `offset` 0 and carries the box and the shard's total length; the data of
-/// all pieces joined is the shard's elements in C order.
+/// `offset` 0 and carries the box and the shard's total length. Joined, the
+/// data of all pieces is the shard's elements in C order.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ShardPiece {
     /// The array.
@@ -530,7 +530,7 @@ pub(crate) struct BarrierReply {
     /// The process that failed or disconnected, if one did.
     #[prost(uint64, optional, tag = "3")]
     pub(crate) failed_process: Option<u64>,
-    /// Why the barrier failed.
+    /// The reason the barrier failed.
     #[prost(string, tag = "4")]
     pub(crate) reason: String,
     /// Processes that had not arrived when the barrier timed out.

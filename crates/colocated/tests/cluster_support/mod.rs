@@ -52,9 +52,9 @@ pub(crate) struct ModelArray {
     pub(crate) seed: u64,
 }
 
-/// A model over all devices of `topology` arranged as a `rows` x rest mesh:
-/// arrays split by rows, by columns, by both, and replicated, with shapes
-/// that no mesh axis of 2, 3, 4 or 8 divides, so shards are uneven.
+/// A model over all devices of `topology` arranged as a `rows` x rest mesh.
+/// Its arrays are split by rows, by columns, by both, or replicated. No mesh
+/// axis of 2, 3, 4 or 8 divides their shapes, so shards are uneven.
 pub(crate) fn model(topology: &Topology, rows: usize) -> Vec<ModelArray> {
     let devices = topology.device_ids();
     let columns = devices.len() / rows;
@@ -216,12 +216,12 @@ pub(crate) fn restore_gathered_mismatches(controller: &Controller, parent: &Stor
     mismatches
 }
 
-/// The directory names under `parent`.
+/// Returns the directory names under `parent`.
 pub(crate) fn dirs(parent: &Store) -> BTreeSet<String> {
     parent.list_dirs().unwrap().into_iter().collect()
 }
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+/// Polls `condition` every 10 ms until it is true or `timeout` passes.
 pub(crate) fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
