@@ -133,7 +133,9 @@ struct Metrics {
     host_bytes_written: Vec<u64>,
     /// Array bytes the controller wrote in the measured save.
     controller_bytes_written: u64,
-    /// Seconds from the fault to the save's failure, in the fault scenarios.
+    /// Seconds from the fault to the failed save's return, in the fault
+    /// scenarios. A slow worker's fault starts with the save, and in spmd
+    /// mode the save returns when the last surviving process exits.
     failed_after_seconds: Option<f64>,
     /// The error of the failed save, in the fault scenarios.
     save_error: Option<String>,
