@@ -130,14 +130,6 @@ pub enum StorageError {
         /// The checkpoint directory.
         path: String,
     },
-    /// A blocking storage call made from a thread that runs a tokio runtime.
-    #[error("{operation} on {store} was called from inside a tokio runtime, where it would block a worker thread: call it from a plain thread or through tokio::task::spawn_blocking")]
-    InsideAsyncRuntime {
-        /// The store, as its URL.
-        store: String,
-        /// The operation.
-        operation: &'static str,
-    },
     /// An OCDBT write that the database options or the format's limits cannot hold.
     #[error("invalid OCDBT write to {store}: {reason}")]
     InvalidOcdbtWrite {

@@ -18,10 +18,13 @@ use crate::{
 /// Each method blocks the calling thread until the async call finishes on a
 /// tokio runtime: by default one small multi-thread runtime that all these
 /// backends share, or a runtime given to [`ObjectStoreBackend::with_runtime`].
-/// Call the methods from plain threads only. Called from inside a tokio
-/// runtime, where blocking would stall a worker, they return
-/// [`StorageError::InsideAsyncRuntime`]; use `tokio::task::spawn_blocking`
-/// there. Different threads may call the methods at the same time.
+/// A thread that is inside a tokio runtime context (an async task, or a
+/// `tokio::task::spawn_blocking` closure) cannot block on another runtime,
+/// so there each call runs on a short-lived helper thread and the calling
+/// thread waits for it. From async code, call the methods through
+/// `spawn_blocking`, because waiting on an async worker thread stalls the
+/// other tasks of that worker. Different threads may call the methods at
+/// the same time.
 ///
 /// Object stores have no atomic rename, so checkpoints on them are written
 /// under their final name and committed by a marker file.
@@ -98,26 +101,38 @@ impl ObjectStoreBackend {
         &self.store
     }
 
-    /// Runs `future` to completion on the runtime, unless this thread is
-    /// inside a runtime or the request deadline passes first.
-    fn block_on<F: Future>(
-        &self,
-        operation: &'static str,
-        key: &str,
-        future: F,
-    ) -> Result<F::Output> {
-        if Handle::try_current().is_ok() {
-            return Err(StorageError::InsideAsyncRuntime {
-                store: self.url.clone(),
-                operation,
-            });
-        }
+    /// Runs `future` to completion on the runtime, unless the request
+    /// deadline passes first.
+    fn block_on<F>(&self, operation: &'static str, key: &str, future: F) -> Result<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
         let Some(timeout) = self.request_timeout else {
-            return Ok(self.runtime.block_on(future));
+            return Ok(self.run(future));
         };
-        self.runtime
-            .block_on(async { tokio::time::timeout(timeout, future).await })
+        self.run(async { tokio::time::timeout(timeout, future).await })
             .map_err(|_| self.timed_out(operation, key, timeout))
+    }
+
+    /// Blocks on `future` in the backend's runtime. A thread inside a
+    /// runtime context cannot do that itself (tokio panics), so it hands
+    /// the wait to a scoped thread.
+    fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if Handle::try_current().is_err() {
+            return self.runtime.block_on(future);
+        }
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| self.runtime.block_on(future));
+            match waiter.join() {
+                Ok(output) => output,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     fn timed_out(&self, operation: &'static str, key: &str, timeout: Duration) -> StorageError {
@@ -131,12 +146,6 @@ impl ObjectStoreBackend {
 
     /// Writes `value` as a multipart upload, with the deadline on each request.
     fn put_in_parts(&self, key: &str, path: &ObjectPath, value: Bytes) -> Result<()> {
-        if Handle::try_current().is_ok() {
-            return Err(StorageError::InsideAsyncRuntime {
-                store: self.url.clone(),
-                operation: "write",
-            });
-        }
         let upload = put_multipart(
             self.store.as_ref(),
             path,
@@ -144,7 +153,7 @@ impl ObjectStoreBackend {
             &self.multipart,
             self.request_timeout,
         );
-        match self.runtime.block_on(upload) {
+        match self.run(upload) {
             Ok(()) => Ok(()),
             Err(UploadError::Store(error)) => Err(self.error("write", key, error)),
             Err(UploadError::TimedOut(timeout)) => Err(self.timed_out("write", key, timeout)),
@@ -422,23 +431,19 @@ mod tests {
     }
 
     #[test]
-    fn call_inside_runtime_is_an_error() {
+    fn call_inside_runtime_works() {
         let (_, backend) = backend();
+        backend.put("k", Bytes::from_static(b"v")).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let err = runtime.block_on(async { backend.get("k") }).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StorageError::InsideAsyncRuntime {
-                    operation: "read",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(err.to_string().contains("spawn_blocking"), "{err}");
+        let inside_task = runtime.block_on(async { backend.get("k") }).unwrap();
+        assert_eq!(inside_task.as_deref(), Some(&b"v"[..]));
+        let blocking = runtime.block_on(async {
+            let backend = Arc::new(backend);
+            tokio::task::spawn_blocking(move || backend.get("k")).await
+        });
+        assert_eq!(blocking.unwrap().unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]
