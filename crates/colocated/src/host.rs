@@ -125,7 +125,7 @@ impl HostState {
             };
             let buffer = self
                 .memory
-                .upload(slice.device, HostBuffer::from_slice(&bytes)?)?;
+                .upload(slice.device, HostBuffer::from_slice(bytes)?)?;
             local.push(Shard::new(slice.device, slice.index, slice.replica_id, buffer));
         }
         Ok(Array::from_shards(

@@ -45,7 +45,7 @@ pub struct InProcessRuntime {
 impl InProcessRuntime {
     /// Starts one thread per host of `topology`, with simulated devices in host memory.
     pub fn new(topology: Topology) -> Result<InProcessRuntime> {
-        InProcessRuntime::with_memory(topology, Arc::new(HostMemory::default()))
+        InProcessRuntime::with_memory(topology, Arc::new(HostMemory))
     }
 
     /// Starts one thread per host of `topology`, with the given device memory.

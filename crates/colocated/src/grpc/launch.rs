@@ -208,6 +208,11 @@ pub struct LaunchOptions {
     pub fault_injection: bool,
     /// How long a process may take to report that it listens.
     pub ready_timeout: Duration,
+    /// Environment variables set in every child on top of this process's,
+    /// such as a cloud store's endpoint and credentials (`AWS_ENDPOINT`,
+    /// `AWS_ACCESS_KEY_ID`), which object_store reads when a worker opens
+    /// a store URL.
+    pub env: Vec<(String, String)>,
 }
 
 impl LaunchOptions {
@@ -220,7 +225,14 @@ impl LaunchOptions {
             log_filter: None,
             fault_injection: false,
             ready_timeout: Duration::from_secs(30),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets the environment variable `key` to `value` in every child.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> LaunchOptions {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Writes each process's log to a file in `dir`.
@@ -244,6 +256,7 @@ impl LaunchOptions {
     fn command(&self, log_name: &str) -> Result<Command, GrpcError> {
         let mut command = Command::new(&self.binary);
         command.arg("--exit-on-stdin-eof");
+        command.envs(self.env.iter().map(|(key, value)| (key, value)));
         if let Some(filter) = &self.log_filter {
             command.env("RUST_LOG", filter);
         }
