@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 
 use crate::{
+    bench_sections::{self, Section},
     bench_phase::{run_phase, MachineResult, PhaseResult},
     venv,
 };
@@ -42,6 +43,16 @@ pub(crate) struct BenchArgs {
     /// release-built child processes).
     #[arg(long, hide = true)]
     phase: Option<String>,
+    /// Run only these sections and keep the others of docs/BENCHMARKS.md as
+    /// they are (repeatable; default: every section).
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+    /// Approximate array bytes of the worker-process cluster runs; accepts K, M and G.
+    #[arg(long, default_value = "512M", value_parser = crate::demo::parse_size)]
+    cluster_size: u64,
+    /// Array bytes of the S3 runs; accepts K, M and G.
+    #[arg(long, default_value = "256M", value_parser = crate::demo::parse_size)]
+    s3_size: u64,
 }
 
 /// Staging budget of a synchronous save that the save-memory target allows.
@@ -69,6 +80,40 @@ pub(crate) fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         runs,
     };
 
+    let sections: Vec<Section> = if args.only.is_empty() { Section::ALL.to_vec() } else { args.only.clone() };
+    let date = today();
+    let mut updated = Vec::new();
+    for section in sections {
+        let body = match section {
+            Section::Orbax => orbax_section(&child, args, runs)?,
+            Section::Async => bench_sections::child_stdout(&child.binary, &["bench-async"])?,
+            Section::S3 => {
+                let size = args.s3_size.to_string();
+                bench_sections::child_stdout(&child.binary, &["bench-s3", "--size", &size])?
+            }
+            Section::Cluster => bench_sections::cluster_section(&child.binary, &dir, args.cluster_size, runs, &date)?,
+        };
+        updated.push((section, body));
+    }
+
+    let path = root.join("docs/BENCHMARKS.md");
+    let existing = fs::read_to_string(&path).unwrap_or_default();
+    let header = format!(
+        "# Benchmarks\n\nMachine: {}, {} CPUs (nproc), {} memory. Each section names the command and the date of its run; \
+         `cargo xtask bench --only SECTION` reruns one section.",
+        cpu_model(),
+        cpu_count(),
+        memory_total()
+    );
+    let report = bench_sections::merge(&header, &existing, &updated);
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("{report}");
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+/// Runs the Orbax comparison phases and returns their section.
+fn orbax_section(child: &Child, args: &BenchArgs, runs: usize) -> Result<String> {
     let orbax_save = child.orbax("save", false)?;
     let orbax_save_raw = child.orbax("save", true)?;
     let orbax_restore = child.orbax("restore", false)?;
@@ -87,14 +132,7 @@ pub(crate) fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         orbax_restore,
         orbax_restore_raw,
     };
-
-    let command = command_line(args);
-    let report = render(&results, &command, runs, args.quick)?;
-    let path = root.join("docs/BENCHMARKS.md");
-    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-    println!("{report}");
-    println!("bench: wrote {}", path.display());
-    Ok(())
+    render(&results, &command_line(args), runs, args.quick)
 }
 
 /// Builds the xtask binary with the release profile and returns its path.
@@ -263,13 +301,12 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
     let r = results;
     let m = &r.machine;
     let mut out = String::new();
-    writeln!(out, "# Benchmarks\n")?;
+    writeln!(out, "## ckpt against Python Orbax 0.12.8\n")?;
     writeln!(
         out,
-        "Written by `{command}` on {}. Every number below comes from that one run.\n",
+        "Written by `{command}` (section `orbax`) on {}. Every number in this section comes from that one run.\n",
         today()
     )?;
-    writeln!(out, "Machine: {}, {} CPUs (nproc), {} memory.\n", cpu_model(), cpu_count(), memory_total())?;
     writeln!(
         out,
         "Method: every phase runs in a fresh process (ckpt phases built with `cargo build --release`), \
@@ -284,7 +321,6 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
         r.save.bytes as f64 / (1u64 << 20) as f64
     )?;
 
-    writeln!(out, "## ckpt against Python Orbax 0.12.8\n")?;
     ratio_table(
         &mut out,
         &[
@@ -331,17 +367,6 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
 
     render_memory(&mut out, r)?;
 
-    writeln!(out, "\n## Not measured yet\n")?;
-    writeln!(
-        out,
-        "- Background (async) saves: time until `save` returns against a memory copy, and peak RSS over \
-         20 consecutive saves. `xtask/src/bench_async.rs` exists but is not compiled into xtask yet, so \
-         this run does not call it.\n\
-         - S3 on loopback against plain object_store put and get (`xtask/src/s3.rs` has `bench_s3`, \
-         not compiled into xtask yet).\n\
-         - Colocated save on 4 worker processes against the gather path (`xtask/src/cluster.rs`, not \
-         compiled into xtask yet)."
-    )?;
     Ok(out)
 }
 
@@ -403,7 +428,8 @@ fn command_line(args: &BenchArgs) -> String {
     command
 }
 
-fn today() -> String {
+/// Today's date in UTC as YYYY-MM-DD.
+pub(crate) fn today() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()

@@ -42,6 +42,8 @@ use ckpt::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::s3::MotoServer;
+
 /// Options of `cargo xtask cluster`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ClusterArgs {
@@ -56,7 +58,7 @@ pub(crate) struct ClusterArgs {
     #[arg(long, value_enum, default_value_t = Mode::Colocated)]
     mode: Mode,
     /// Approximate bytes of array data; accepts suffixes K, M and G (powers of 1024).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = crate::demo::parse_size)]
     size: u64,
     /// The scenario to run.
     #[arg(long, value_enum, default_value_t = Scenario::SaveRestore)]
@@ -71,11 +73,25 @@ pub(crate) struct ClusterArgs {
     /// Directory for checkpoints and process logs (default: target/cluster).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Where the checkpoints go: local disk under --dir, or S3 on a moto
+    /// server that this task starts on 127.0.0.1 and stops at the end.
+    #[arg(long, value_enum, default_value_t = StoreKind::Local)]
+    store: StoreKind,
     /// Runs this process as the controller that kill-primary-before-commit
     /// kills; set by the scenario itself.
     #[arg(long, hide = true)]
     controller_child: Option<String>,
 }
+
+/// The storage of a cluster run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Local,
+    S3,
+}
+
+/// The bucket of `--store s3` runs.
+const S3_BUCKET: &str = "ckpt-cluster";
 
 /// Deployment and save path of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -159,12 +175,29 @@ pub(crate) fn run(root: &Path, args: &ClusterArgs) -> Result<()> {
     std::fs::create_dir_all(run_dir.join("checkpoints"))
         .with_context(|| format!("creating {}", run_dir.display()))?;
     let binary = build_worker(root)?;
-    let launch = LaunchOptions::new(binary)
+    let mut launch = LaunchOptions::new(binary)
         .with_log_dir(run_dir.join("logs"))
         .with_log_filter("info")
         .with_fault_injection(true);
+    let run_name = format!("{}-{}", args.mode, scenario_name(args.scenario));
+    let (parent_url, moto) = match args.store {
+        StoreKind::Local => (run_dir.join("checkpoints").display().to_string(), None),
+        StoreKind::S3 => {
+            let moto = MotoServer::start_from_venv(root)?;
+            moto.create_bucket(S3_BUCKET)?;
+            // Every process reaches the server as a deployment would: the
+            // endpoint and credentials come from the environment, which
+            // object_store's S3 builder reads. The controller child of
+            // kill-primary-before-commit inherits this process's variables.
+            for (key, value) in moto.env() {
+                std::env::set_var(key, &value);
+                launch = launch.with_env(key, value);
+            }
+            (format!("s3://{S3_BUCKET}/{run_name}"), Some(moto))
+        }
+    };
     eprintln!(
-        "cluster: {} hosts x {} devices, {} mode, scenario {}, logs in {}",
+        "cluster: {} hosts x {} devices, {} mode, scenario {}, checkpoints in {parent_url}, logs in {}",
         args.hosts,
         args.devices_per_host,
         args.mode,
@@ -182,12 +215,19 @@ pub(crate) fn run(root: &Path, args: &ClusterArgs) -> Result<()> {
     let context = Run {
         args,
         launch,
-        parent_dir: run_dir.join("checkpoints"),
+        parent_url,
+        log_dir: run_dir.join("logs"),
     };
-    let result = match args.mode {
+    let mut result = match args.mode {
         Mode::Colocated | Mode::Gather => run_controller_scenario(&context, &mut metrics),
         Mode::Spmd => run_spmd_scenario(&context, &mut metrics),
     };
+    if let (Some(moto), Ok(())) = (&moto, &result) {
+        result = moto.open_uploads(S3_BUCKET).and_then(|open| {
+            ensure!(open == 0, "{open} multipart uploads in bucket {S3_BUCKET} were neither completed nor aborted");
+            Ok(())
+        });
+    }
     metrics.passed = result.is_ok();
     metrics.error = result.as_ref().err().map(|err| format!("{err:#}"));
     metrics.controller_array_bytes =
@@ -290,12 +330,14 @@ fn remove_cargo_run_variables(command: &mut Command) {
 struct Run<'a> {
     args: &'a ClusterArgs,
     launch: LaunchOptions,
-    parent_dir: PathBuf,
+    /// The directory of the checkpoints: a local path or an s3:// URL.
+    parent_url: String,
+    log_dir: PathBuf,
 }
 
 impl Run<'_> {
     fn parent(&self) -> Result<Store> {
-        Ok(open_store(&self.parent_dir.display().to_string())?)
+        Ok(open_store(&self.parent_url)?)
     }
 
     fn deadline(&self) -> Duration {
@@ -689,6 +731,16 @@ fn check_controller_bytes(mode: Mode, metrics: &Metrics) -> Result<()> {
     Ok(())
 }
 
+/// Returns the directory a save of `name` writes before its commit: a
+/// temporary name on stores that rename, the final name on object stores.
+fn work_dir(parent: &Store, name: &str) -> String {
+    if parent.capabilities().atomic_rename {
+        format!("{name}{TMP_SUFFIX}")
+    } else {
+        name.to_owned()
+    }
+}
+
 /// Checks that a failed save of `name` left nothing that lists or restores.
 fn check_not_committed(parent: &Store, name: &str, committed: &[&str]) -> Result<()> {
     let listed = list_committed(parent)?;
@@ -736,7 +788,7 @@ fn kill_worker_during_save(
     ensure!(failed_after < context.deadline(), "the save failed after {failed_after:?}, past its deadline");
     check_not_committed(parent, "step_2", &["step_1"])?;
     ensure!(
-        !parent.list_dirs()?.contains(&format!("step_2{TMP_SUFFIX}")),
+        !parent.list_dirs()?.contains(&work_dir(parent, "step_2")),
         "the failed save's directory was not removed"
     );
 
@@ -824,11 +876,11 @@ fn kill_controller_before_commit(
         devices_per_host: args.devices_per_host,
         size: args.size,
         mode: args.mode,
-        parent: context.parent_dir.display().to_string(),
+        parent: context.parent_url.clone(),
         name: "step_2".into(),
     };
     let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let log_path = context.parent_dir.with_file_name("logs").join("controller.log");
+    let log_path = context.log_dir.join("controller.log");
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut command = Command::new(exe);
     command
@@ -837,7 +889,7 @@ fn kill_controller_before_commit(
     let mut child = ChildProcess::spawn("controller", &mut command)?;
     child.wait_for_line(PAUSED_LINE, Duration::from_secs(600))?;
     ensure!(
-        parent.list_dirs()?.contains(&format!("step_2{TMP_SUFFIX}")),
+        parent.list_dirs()?.contains(&work_dir(parent, "step_2")),
         "the controller paused without an unfinished step_2"
     );
     child.kill()?;
@@ -873,7 +925,12 @@ fn run_controller_child(setup: &str) -> Result<()> {
     let paused = PauseBeforeCommit {
         inner: Arc::clone(store.backend()),
     };
-    let parent = Store::new(Arc::new(paused));
+    // An object store's backend is rooted at the bucket, so the directory
+    // inside it carries over as the prefix.
+    let mut parent = Store::new(Arc::new(paused));
+    if !store.prefix().is_empty() {
+        parent = parent.child(store.prefix())?;
+    }
     let save_args = SaveArgs::default().with_colocated(setup.mode == Mode::Colocated);
     let args = PyTreeSave::new(tree).with_save_args(PyTree::leaf(save_args));
     checkpointer.save(&parent, &setup.name, args)?;
@@ -993,7 +1050,7 @@ fn spmd_job(
             num_processes: processes,
             devices_per_process: devices,
             coordinator: "127.0.0.1:0".into(),
-            directory: context.parent_dir.display().to_string(),
+            directory: context.parent_url.clone(),
             arrays: arrays.clone(),
             save: save.map(str::to_owned),
             restore: restore.map(str::to_owned),
@@ -1166,38 +1223,9 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<
     Ok(())
 }
 
-/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional K, M or G suffix"))?;
-    let scale: u64 = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(format!("invalid size suffix in {text:?}: use K, M or G")),
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn size_suffixes() {
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("3k"), Ok(3 << 10));
-        assert_eq!(parse_size("10"), Ok(10));
-        assert!(parse_size("1T").is_err());
-        assert!(parse_size("M").is_err());
-    }
 
     #[test]
     fn model_reaches_size() {

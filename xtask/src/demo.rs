@@ -275,7 +275,8 @@ fn human_bytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((at, _)) => text.split_at(at),
@@ -294,4 +295,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
     value
         .checked_mul(scale)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("3k"), Ok(3 << 10));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("M").is_err());
+    }
 }

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_async;
 mod bench_phase;
+mod bench_sections;
+mod cluster;
 mod demo;
 mod fuzz;
 mod interop;
@@ -30,6 +32,8 @@ struct Cli {
 enum Task {
     /// Time ckpt against Python Orbax and the machine in release mode and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Run a scenario on worker processes over gRPC on loopback and print its metrics as JSON.
+    Cluster(cluster::ClusterArgs),
     /// Save and restore a model-like tree on a simulated 4-host cluster, colocated and gathered.
     Demo(demo::DemoArgs),
     /// Regenerate testdata/orbax-generated with real Python Orbax (installs a venv under target/).
@@ -61,11 +65,12 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Cluster(args) => cluster::run(&root, &args),
         Task::Demo(args) => demo::run(&root, &args),
         Task::Fuzz { seconds } => fuzz::run(&root, seconds),
         Task::BenchAsync => bench_async::run(&root),
         Task::BenchS3 { size } => {
-            println!("{}", s3::bench_s3(&root, size)?);
+            println!("{}", s3::bench_s3(&root, size)?.to_markdown(&bench::today()));
             Ok(())
         }
         Task::Interop => interop::run(&root),

@@ -69,6 +69,36 @@ impl fmt::Display for S3BenchReport {
     }
 }
 
+impl S3BenchReport {
+    /// Formats the results as the S3 section of `docs/BENCHMARKS.md`, with
+    /// the targets: ckpt at least 0.8x plain object_store each way.
+    pub(crate) fn to_markdown(&self, date: &str) -> String {
+        let mib = self.bytes as f64 / (1024.0 * 1024.0);
+        let rate = |time: Duration| mib / time.as_secs_f64();
+        let met = |ratio: f64| if ratio >= 0.8 { "met" } else { "not met" };
+        let save_ratio = rate(self.ckpt_save) / rate(self.plain_put);
+        let restore_ratio = rate(self.ckpt_restore) / rate(self.plain_get);
+        let profile = if cfg!(debug_assertions) { "the dev profile" } else { "the release profile" };
+        format!(
+            "## S3 on loopback\n\n\
+             Written by `cargo xtask bench` (section `s3`, also `cargo xtask bench-s3 --size {}`) on {date}, built \
+             with {profile}: a moto server on 127.0.0.1 started by the task, one run. ckpt saves colocated from \
+             {HOSTS} simulated hosts; the reference puts and gets the same bytes as one object per host with \
+             object_store, concurrently.\n\n```\n{self}```\n\n\
+             | target | result | met |\n|---|---|---|\n\
+             | S3 save: at least 0.8x a plain object_store put | {:.1} / {:.1} MiB/s = {save_ratio:.2}x | {} |\n\
+             | S3 restore: at least 0.8x a plain object_store get | {:.1} / {:.1} MiB/s = {restore_ratio:.2}x | {} |\n",
+            self.bytes,
+            rate(self.ckpt_save),
+            rate(self.plain_put),
+            met(save_ratio),
+            rate(self.ckpt_restore),
+            rate(self.plain_get),
+            met(restore_ratio),
+        )
+    }
+}
+
 /// Measures S3 save and restore throughput on a moto server that it starts
 /// on 127.0.0.1 and stops before returning.
 ///
@@ -205,12 +235,19 @@ async fn get_bytes(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Vec<u8>
 }
 
 /// A moto server on 127.0.0.1, stopped when dropped.
-struct MotoServer {
+pub(crate) struct MotoServer {
     child: Child,
     port: u16,
 }
 
 impl MotoServer {
+    /// Starts moto from the venv under `root/target`, installing the venv
+    /// when it is missing.
+    pub(crate) fn start_from_venv(root: &Path) -> Result<MotoServer> {
+        let python = venv::ensure_venv(root).context("installing moto")?;
+        MotoServer::start(&python.with_file_name("moto_server"))
+    }
+
     fn start(moto: &PathBuf) -> Result<MotoServer> {
         if !moto.is_file() {
             bail!(
@@ -248,7 +285,34 @@ impl MotoServer {
             .with("secret_access_key", "bench")
     }
 
-    fn create_bucket(&self, bucket: &str) -> Result<()> {
+    /// The server's URL, for `AWS_ENDPOINT` or the `endpoint` option.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Returns the environment variables that make object_store's S3
+    /// builder reach this server with dummy credentials.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "cluster".into()),
+            ("AWS_SECRET_ACCESS_KEY", "cluster".into()),
+        ]
+    }
+
+    /// Returns the number of multipart uploads in `bucket` that were neither
+    /// completed nor aborted.
+    pub(crate) fn open_uploads(&self, bucket: &str) -> Result<usize> {
+        let response = self.request("GET", &format!("/{bucket}?uploads"))?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("listing the multipart uploads of {bucket} failed: {response}");
+        }
+        Ok(response.matches("<Upload>").count())
+    }
+
+    pub(crate) fn create_bucket(&self, bucket: &str) -> Result<()> {
         let response = self.request("PUT", &format!("/{bucket}"))?;
         if !response.starts_with("HTTP/1.1 200") {
             bail!("creating bucket {bucket} failed: {response}");
