@@ -69,6 +69,11 @@ impl PendingCheckpoint {
         };
         let store = parent.child(&work_name)?;
 
+        // NOTE: an unfinished directory may also belong to a save of the same
+        // name that another process is still writing. Nothing here tells
+        // the two apart, so concurrent saves of one name can delete or
+        // overwrite each other's files. Only one of them commits, but the
+        // files under that commit may be mixed.
         if rename {
             if dir_exists(parent, name)? && !options.overwrite {
                 return Err(StorageError::CheckpointExists {
