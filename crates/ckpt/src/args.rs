@@ -61,9 +61,9 @@ pub enum RestoreTarget {
     Host,
 }
 
-/// What a restore does with an array leaf whose target is
-/// [`RestoreTarget::Saved`] when its saved sharding cannot be used here:
-/// the `_sharding` entry names device ids that this runtime lacks, or the
+/// The policy for an array leaf whose target is [`RestoreTarget::Saved`]
+/// when its saved sharding cannot be used here. That happens when the
+/// `_sharding` entry names device ids that this runtime lacks, or when the
 /// checkpoint has no `_sharding` entry for the leaf (Orbax may omit it).
 ///
 /// The default is [`MissingSharding::Error`]: the restore fails with an
@@ -101,8 +101,8 @@ pub struct RestoreArgs {
     /// Restore sharded arrays colocated: each host reads the boxes of its
     /// own devices from storage.
     pub colocated: bool,
-    /// What happens when the target is the saved sharding and this runtime
-    /// cannot use it.
+    /// The policy for a target of [`RestoreTarget::Saved`] when this
+    /// runtime cannot use the saved sharding.
     pub missing_sharding: MissingSharding,
 }
 
@@ -165,7 +165,7 @@ impl From<&Leaf> for RestoreArgs {
     }
 }
 
-/// How the keys of a restore target must match the checkpoint's keys.
+/// The rule for matching the keys of a restore target with the checkpoint's keys.
 ///
 /// The target is the tree of [`PyTreeRestore::restore_args`]. A key of
 /// the target is missing when the checkpoint has no node at its path,

@@ -29,6 +29,9 @@ pub(crate) const PYTREE_HANDLER_NAME: &str =
 pub(crate) const STANDARD_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler";
 
+/// Leaf positions grouped by the type handler that saves or restores them.
+type HandlerGroups = Vec<(Arc<dyn TypeHandler>, Vec<usize>)>;
+
 /// Summary of a finished save.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SaveSummary {
@@ -204,7 +207,7 @@ impl PyTreeCheckpointer {
         &self,
         flat: &[(KeyPath, &Leaf)],
         save_args: &[SaveArgs],
-    ) -> Result<Vec<(Arc<dyn TypeHandler>, Vec<usize>)>> {
+    ) -> Result<HandlerGroups> {
         let colocated: Arc<dyn TypeHandler> = Arc::new(ColocatedArrayHandler);
         let mut groups: Vec<(Arc<dyn TypeHandler>, Vec<usize>)> = Vec::new();
         for (i, (path, leaf)) in flat.iter().enumerate() {
@@ -288,7 +291,7 @@ impl PyTreeCheckpointer {
     }
 
     /// Restores the selected leaves of a legacy msgpack checkpoint, which
-    /// holds host arrays, scalars and strings. A leaf whose target is a
+    /// contains host arrays, scalars and strings. A leaf whose target is a
     /// sharded array is placed onto it, and other targets keep the leaf as
     /// stored.
     fn restore_legacy(&self, tree: PyTree<Leaf>, args: &PyTreeRestore) -> Result<PyTree<Leaf>> {
@@ -342,7 +345,7 @@ impl PyTreeCheckpointer {
         &self,
         flat: &[(KeyPath, &ValueMetadata)],
         selected: &[&Selected],
-    ) -> Result<Vec<(Arc<dyn TypeHandler>, Vec<usize>)>> {
+    ) -> Result<HandlerGroups> {
         let colocated: Arc<dyn TypeHandler> = Arc::new(ColocatedArrayHandler);
         let mut groups: Vec<(Arc<dyn TypeHandler>, Vec<usize>)> = Vec::new();
         for (position, chosen) in selected.iter().enumerate() {

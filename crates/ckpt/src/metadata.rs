@@ -15,8 +15,8 @@ use crate::{
     CkptError, Leaf, Result,
 };
 
-/// What a checkpoint holds, read without its array data and without a
-/// runtime, so it works whatever devices this process has.
+/// The contents of a checkpoint, read without its array data and without a
+/// runtime, so reading it works whatever devices this process has.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMetadata {
     /// Per-leaf metadata in the checkpoint's tree structure. Tuples come back

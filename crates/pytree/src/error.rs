@@ -91,7 +91,7 @@ pub struct KeyPathParseError {
     pub text: String,
     /// Byte offset of the first character that could not be parsed.
     pub offset: usize,
-    /// What was expected there.
+    /// The expected text at that offset.
     pub reason: String,
 }
 
