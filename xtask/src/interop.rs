@@ -80,6 +80,14 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         tally.record(&name, check_fixture(&fixture));
     }
 
+    let shipped = fixture_dirs(&root.join("testdata/orbax"))?;
+    for fixture in shipped.into_iter().chain(fixture_dirs(&fresh)?) {
+        if crate::restore_interop::applies(&fixture)? {
+            let name = format!("orbax 8 devices->ckpt 3 devices {}", file_name(&fixture));
+            tally.record(&name, crate::restore_interop::check_onto_three_devices(&fixture));
+        }
+    }
+
     tally.record("ckpt->tensorstore raw multi-level OCDBT", check_raw_written_by_ckpt(&python, &work));
     for config in write_configs() {
         let name = format!("ckpt->orbax {}", config.name);

@@ -18,6 +18,7 @@ mod manager_interop;
 mod orbax;
 mod s3;
 mod records;
+mod restore_interop;
 mod test;
 mod venv;
 

@@ -12,9 +12,10 @@ use tracing::{info, warn};
 
 use crate::{
     handlers::{ColocatedArrayHandler, ARRAY_VALUE_TYPE},
+    partial::{select, Selected},
     CkptError, Leaf, LeafType, PyTreeRestore, PyTreeSave, RestoreArgs, RestoreContext,
-    RestoreEntry, Result, SaveArgs, SaveContext, SaveEntry, SavedLeaf, StandardRestore,
-    StandardSave, TypeHandler, TypeHandlerRegistry,
+    RestoreEntry, RestoreTarget, Result, SaveArgs, SaveContext, SaveEntry, SavedLeaf,
+    StandardRestore, StandardSave, TypeHandler, TypeHandlerRegistry,
 };
 
 /// The pytree metadata file of a checkpoint item.
@@ -27,6 +28,9 @@ pub(crate) const PYTREE_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler";
 pub(crate) const STANDARD_HANDLER_NAME: &str =
     "orbax.checkpoint._src.handlers.standard_checkpoint_handler.StandardCheckpointHandler";
+
+/// Leaf positions grouped by the type handler that saves or restores them.
+type HandlerGroups = Vec<(Arc<dyn TypeHandler>, Vec<usize>)>;
 
 /// Summary of a finished save.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -203,7 +207,7 @@ impl PyTreeCheckpointer {
         &self,
         flat: &[(KeyPath, &Leaf)],
         save_args: &[SaveArgs],
-    ) -> Result<Vec<(Arc<dyn TypeHandler>, Vec<usize>)>> {
+    ) -> Result<HandlerGroups> {
         let colocated: Arc<dyn TypeHandler> = Arc::new(ColocatedArrayHandler);
         let mut groups: Vec<(Arc<dyn TypeHandler>, Vec<usize>)> = Vec::new();
         for (i, (path, leaf)) in flat.iter().enumerate() {
@@ -229,15 +233,17 @@ impl PyTreeCheckpointer {
 
     pub(crate) fn restore_item(&self, item: &Store, args: PyTreeRestore) -> Result<PyTree<Leaf>> {
         if let Some(tree) = crate::legacy::read_legacy(item)? {
-            // NOTE: legacy checkpoints restore as stored (host arrays,
-            // scalars, strings); restore arguments do not apply to them.
-            return Ok(tree);
+            return self.restore_legacy(tree, &args);
         }
         let metadata = read_tree_metadata(item)?;
         let tree = &metadata.tree;
+        let selection = select(tree, &args)?;
         let flat = tree.flatten();
-        let restore_args = broadcast_args(tree, args.restore_args.as_ref())?;
-        let names: Vec<String> = flat.iter().map(|(path, _)| param_name(path)).collect();
+        let selected = selection.leaves();
+        let names: Vec<String> = selected
+            .iter()
+            .map(|leaf| param_name(&flat[leaf.index].0))
+            .collect();
 
         let reader = open_array_reader(item, &metadata)?;
         let shardings = read_shardings(item)?;
@@ -250,36 +256,102 @@ impl PyTreeCheckpointer {
             shardings: &shardings,
         };
 
-        let mut leaves: Vec<Option<Leaf>> = vec![None; flat.len()];
-        for (handler, indices) in self.group_for_restore(&flat, &restore_args)? {
-            let entries: Vec<RestoreEntry<'_>> = indices
+        let mut leaves: Vec<Option<Leaf>> = vec![None; selected.len()];
+        for (handler, positions) in self.group_for_restore(&flat, &selected)? {
+            let entries: Vec<RestoreEntry<'_>> = positions
                 .iter()
-                .map(|&i| RestoreEntry {
-                    key_path: &flat[i].0,
-                    param_name: &names[i],
-                    value_type: flat[i].1.value_type.as_str(),
-                    args: &restore_args[i],
+                .map(|&position| {
+                    let (key_path, value) = &flat[selected[position].index];
+                    RestoreEntry {
+                        key_path,
+                        param_name: &names[position],
+                        value_type: value.value_type.as_str(),
+                        args: &selected[position].args,
+                    }
                 })
                 .collect();
             let restored = handler.restore(&context, &entries)?;
-            for (&i, leaf) in indices.iter().zip(restored) {
-                leaves[i] = Some(leaf);
+            for (&position, leaf) in positions.iter().zip(restored) {
+                leaves[position] = Some(leaf);
             }
         }
-        let leaves: Vec<Leaf> = leaves.into_iter().flatten().collect();
-        Ok(tree.unflatten(leaves)?)
+        let leaves = leaves
+            .into_iter()
+            .zip(&selected)
+            .map(|(leaf, chosen)| {
+                let key_path = &flat[chosen.index].0;
+                let leaf = leaf.ok_or_else(|| CkptError::InvalidRestore {
+                    key_path: key_path.to_string(),
+                    reason: "its handler returned no leaf".into(),
+                })?;
+                self.place_on_target(key_path, leaf, &chosen.args)
+            })
+            .collect::<Result<Vec<Leaf>>>()?;
+        Ok(selection.unflatten(leaves)?)
     }
 
+    /// Restores the selected leaves of a legacy msgpack checkpoint, which
+    /// contains host arrays, scalars and strings. A leaf whose target is a
+    /// sharded array is placed onto it, and other targets keep the leaf as
+    /// stored.
+    fn restore_legacy(&self, tree: PyTree<Leaf>, args: &PyTreeRestore) -> Result<PyTree<Leaf>> {
+        let selection = select(&tree, args)?;
+        let flat = tree.flatten();
+        let leaves = selection
+            .leaves()
+            .into_iter()
+            .map(|chosen| {
+                let (key_path, leaf) = &flat[chosen.index];
+                self.place_on_target(key_path, (*leaf).clone(), &chosen.args)
+            })
+            .collect::<Result<Vec<Leaf>>>()?;
+        Ok(selection.unflatten(leaves)?)
+    }
+
+    /// Places a restored host array onto the sharded target of `args`; the
+    /// array handlers have done so for sharded arrays already.
+    fn place_on_target(&self, key_path: &KeyPath, leaf: Leaf, args: &RestoreArgs) -> Result<Leaf> {
+        let RestoreTarget::Array(spec) = &args.target else {
+            return Ok(leaf);
+        };
+        let invalid = |reason: String| CkptError::InvalidRestore {
+            key_path: key_path.to_string(),
+            reason,
+        };
+        match leaf {
+            Leaf::Array(_) => Ok(leaf),
+            Leaf::HostArray(array) => {
+                if array.shape() != spec.shape.as_slice() || array.dtype() != spec.dtype {
+                    return Err(invalid(format!(
+                        "the target is {} {:?} but the checkpoint holds {} {:?}; restore with the saved shape and dtype",
+                        spec.dtype,
+                        spec.shape,
+                        array.dtype(),
+                        array.shape()
+                    )));
+                }
+                Ok(Leaf::Array(self.controller.put_global(spec.clone(), array.bytes())?))
+            }
+            other => Err(invalid(format!(
+                "it was saved as one of the {} and cannot become a sharded array; restore it with RestoreArgs::default()",
+                other.leaf_type()
+            ))),
+        }
+    }
+
+    /// Groups positions in `selected` by the handler that restores them,
+    /// keeping tree order.
     fn group_for_restore(
         &self,
         flat: &[(KeyPath, &ValueMetadata)],
-        restore_args: &[RestoreArgs],
-    ) -> Result<Vec<(Arc<dyn TypeHandler>, Vec<usize>)>> {
+        selected: &[&Selected],
+    ) -> Result<HandlerGroups> {
         let colocated: Arc<dyn TypeHandler> = Arc::new(ColocatedArrayHandler);
         let mut groups: Vec<(Arc<dyn TypeHandler>, Vec<usize>)> = Vec::new();
-        for (i, (path, value)) in flat.iter().enumerate() {
+        for (position, chosen) in selected.iter().enumerate() {
+            let (path, value) = &flat[chosen.index];
             let value_type = value.value_type.as_str();
-            let handler = if value_type == ARRAY_VALUE_TYPE && restore_args[i].colocated {
+            let handler = if value_type == ARRAY_VALUE_TYPE && chosen.args.colocated {
                 Arc::clone(&colocated)
             } else {
                 let Some(handler) = self.registry.for_value_type(value_type) else {
@@ -291,8 +363,8 @@ impl PyTreeCheckpointer {
                 Arc::clone(handler)
             };
             match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, &handler)) {
-                Some((_, indices)) => indices.push(i),
-                None => groups.push((handler, vec![i])),
+                Some((_, positions)) => positions.push(position),
+                None => groups.push((handler, vec![position])),
             }
         }
         Ok(groups)

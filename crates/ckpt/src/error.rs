@@ -34,6 +34,38 @@ pub enum CkptError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A restore target whose key paths do not match the checkpoint's. Both
+    /// lists are sorted and complete.
+    #[error("{}", key_mismatch_message(missing, unexpected))]
+    KeyMismatch {
+        /// Key paths of the target (restore arguments or selected key
+        /// paths) that the checkpoint lacks.
+        missing: Vec<String>,
+        /// Key paths of checkpoint leaves and empty nodes that a strict
+        /// target does not cover.
+        unexpected: Vec<String>,
+    },
+    /// An array leaf restored onto its saved sharding, which names devices
+    /// that this runtime lacks.
+    #[error(
+        "cannot restore leaf {key_path} onto its saved sharding: it names {} that this runtime lacks (this runtime has {runtime_devices} devices); pass RestoreArgs::array with a sharding over this runtime's devices, or opt in to a fallback with RestoreArgs::with_missing_sharding(MissingSharding::Replicated, SingleDevice or Host)",
+        device_list(missing_devices)
+    )]
+    SavedDevicesMissing {
+        /// The leaf's key path.
+        key_path: String,
+        /// The saved device ids that this runtime lacks, sorted.
+        missing_devices: Vec<u32>,
+        /// Number of devices in this runtime.
+        runtime_devices: usize,
+    },
+    /// An array leaf restored onto its saved sharding, which the checkpoint
+    /// does not record.
+    #[error("cannot restore leaf {key_path} onto its saved sharding: the checkpoint has no _sharding entry for it; pass RestoreArgs::array with a target sharding, or opt in to a fallback with RestoreArgs::with_missing_sharding(MissingSharding::Replicated, SingleDevice or Host)")]
+    NoSavedSharding {
+        /// The leaf's key path.
+        key_path: String,
+    },
     /// Checkpoint metadata that is missing, malformed or inconsistent.
     #[error("invalid checkpoint metadata in {path}: {reason}")]
     InvalidMetadata {
@@ -148,3 +180,59 @@ pub enum CkptError {
 
 /// A `Result` with [`CkptError`].
 pub type Result<T, E = CkptError> = std::result::Result<T, E>;
+
+/// Most device ids that an error message lists before it counts the rest.
+const MAX_LISTED_DEVICES: usize = 8;
+
+/// Formats device ids as `device 4, device 5 and 2 more`.
+fn device_list(ids: &[u32]) -> String {
+    let mut listed: Vec<String> = ids
+        .iter()
+        .take(MAX_LISTED_DEVICES)
+        .map(|id| format!("device {id}"))
+        .collect();
+    if ids.len() > MAX_LISTED_DEVICES {
+        listed.push(format!("{} more", ids.len() - MAX_LISTED_DEVICES));
+    }
+    listed.join(", ")
+}
+
+fn key_mismatch_message(missing: &[String], unexpected: &[String]) -> String {
+    let mut findings = Vec::new();
+    if !missing.is_empty() {
+        findings.push(format!("the checkpoint lacks target keys {}", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        findings.push(format!("the target does not cover checkpoint keys {}", unexpected.join(", ")));
+    }
+    let remedy = match (missing.is_empty(), unexpected.is_empty()) {
+        (true, _) => "restore a subset with PyTreeRestore::with_partial_restore(true) or KeyMatch::Partial, or select key paths with PyTreeRestore::with_key_paths",
+        (false, true) => "correct or drop the missing keys, or leave them out with KeyMatch::Lenient",
+        (false, false) => "restore a subset with KeyMatch::Partial and correct or drop the missing keys, or use KeyMatch::Lenient to leave both out",
+    };
+    format!(
+        "the restore target does not match the checkpoint: {}; {remedy}",
+        findings.join(" and ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_list_counts_the_rest() {
+        let ids: Vec<u32> = (0..10).collect();
+        assert_eq!(
+            device_list(&ids),
+            "device 0, device 1, device 2, device 3, device 4, device 5, device 6, device 7, 2 more"
+        );
+    }
+
+    #[test]
+    fn key_mismatch_names_remedy() {
+        let message = key_mismatch_message(&[], &["['opt']".to_owned()]);
+        assert!(message.contains("['opt']"), "{message}");
+        assert!(message.contains("KeyMatch::Partial"), "{message}");
+    }
+}

@@ -19,6 +19,37 @@
 //! shardings), [`storage`] (stores, zarr, OCDBT, commit protocol) and
 //! [`colocated`] (the runtime of controller and hosts).
 //!
+//! # Restoring
+//!
+//! [`PyTreeRestore`] chooses what each leaf becomes through a tree of
+//! [`RestoreArgs`], a full tree or a prefix whose leaves cover subtrees.
+//! [`PyTreeRestore::with_target`] builds that tree from abstract arrays
+//! ([`colocated::ArraySpec`]: shape, dtype and sharding), from concrete
+//! arrays whose spec it copies, or from restore arguments. A sharding may
+//! be on any mesh of this runtime's devices or on one device, and
+//! [`RestoreArgs::host`] reads an array into the controller's memory.
+//!
+//! A restore may read part of a checkpoint. With [`KeyMatch::Partial`] the
+//! restore arguments may be a subset of the checkpoint's tree, and
+//! [`PyTreeRestore::with_key_paths`] selects leaves or subtrees by key
+//! path (`['params']['dense']` in `jax.tree_util.keystr` form). Leaves
+//! outside the selection are not read. Under the default
+//! [`KeyMatch::Strict`], keys that the target and the checkpoint do not
+//! share fail the restore with [`CkptError::KeyMismatch`], which lists
+//! all of them; [`KeyMatch::Lenient`] leaves missing keys out with a
+//! warning.
+//!
+//! A sharded array leaf without a target sharding restores onto the
+//! sharding recorded in the checkpoint. When that sharding names devices
+//! this runtime lacks, or the checkpoint records none, the restore fails
+//! with [`CkptError::SavedDevicesMissing`] or [`CkptError::NoSavedSharding`]
+//! naming the leaf. The caller then either gives a target sharding or opts
+//! in to a fallback per leaf with [`RestoreArgs::with_missing_sharding`]:
+//! [`MissingSharding::Replicated`] over all devices,
+//! [`MissingSharding::SingleDevice`] or [`MissingSharding::Host`]. The
+//! restore never picks a layout on its own. [`metadata`] needs no devices
+//! at all, so it reads any checkpoint on any machine.
+//!
 //! # Example
 //!
 //! ```
@@ -71,6 +102,7 @@ mod leaf;
 mod manager;
 mod legacy;
 mod metadata;
+mod partial;
 
 pub use ckpt_colocated as colocated;
 pub use ckpt_core as core;
@@ -80,8 +112,8 @@ pub use ckpt_storage as storage;
 
 pub use crate::{
     args::{
-        PyTreeRestore, PyTreeSave, RestoreArgs, RestoreTarget, SaveArgs, StandardRestore,
-        StandardSave,
+        KeyMatch, MissingSharding, PyTreeRestore, PyTreeSave, RestoreArgs, RestoreTarget,
+        SaveArgs, StandardRestore, StandardSave,
     },
     async_checkpointer::AsyncCheckpointer,
     async_save::AsyncOptions,

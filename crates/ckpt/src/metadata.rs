@@ -1,7 +1,9 @@
 use ckpt_core::{num_bytes, num_bytes_usize, BoxIndices, DType, IndexBox};
+use ckpt_device::Sharding;
 use ckpt_pytree::{param_name, KeyPath, PyTree};
 use ckpt_storage::{open_committed, ArrayReader, Store, StoredArray};
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use crate::{
     checkpointer::{open_array_reader, read_shardings, read_tree_metadata},
@@ -13,7 +15,8 @@ use crate::{
     CkptError, Leaf, Result,
 };
 
-/// What a checkpoint holds, read without its array data.
+/// The contents of a checkpoint, read without its array data and without a
+/// runtime, so reading it works whatever devices this process has.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMetadata {
     /// Per-leaf metadata in the checkpoint's tree structure. Tuples come back
@@ -42,14 +45,45 @@ pub struct LeafMetadata {
     pub size_bytes: Option<u64>,
     /// The saved sharding in Orbax's JSON form, for sharded arrays.
     pub sharding: Option<String>,
+    /// The saved sharding decoded: mesh shape, axis names, partition spec
+    /// and device ids (see [`Sharding::devices`]). `None` when there is no
+    /// `_sharding` entry or it cannot be decoded; the raw JSON above stays.
+    /// The devices need not exist in this runtime.
+    pub saved_sharding: Option<Sharding>,
+}
+
+impl CheckpointMetadata {
+    /// Returns the bytes of all leaves' elements in memory, the sum of
+    /// [`LeafMetadata::size_bytes`], or `None` if the sum overflows `u64`.
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.tree
+            .leaves()
+            .iter()
+            .try_fold(0u64, |total, leaf| total.checked_add(leaf.size_bytes.unwrap_or(0)))
+    }
+}
+
+/// Decodes a `_sharding` entry for metadata. An entry that does not decode
+/// is logged and left as raw JSON, so that inspecting a checkpoint does not
+/// fail on a sharding kind this version cannot read.
+fn decode_sharding(param_name: &str, json: &str) -> Option<Sharding> {
+    match Sharding::from_orbax_json(json) {
+        Ok(sharding) => Some(sharding),
+        Err(error) => {
+            warn!(param = param_name, %error, "cannot decode the saved sharding; keeping its JSON only");
+            None
+        }
+    }
 }
 
 fn is_array_like(value_type: &str) -> bool {
     [ARRAY_VALUE_TYPE, HOST_ARRAY_VALUE_TYPE, SCALAR_VALUE_TYPE].contains(&value_type)
 }
 
-/// Reads the tree structure, dtypes, shapes and shardings of the
-/// checkpoint `name` under `parent`, without reading array data.
+/// Reads the tree structure, dtypes, shapes, sizes, saved shardings and
+/// custom metadata of the checkpoint `name` under `parent`, without reading
+/// array data. It needs no runtime, so the devices the checkpoint was saved
+/// on need not exist here.
 pub fn metadata(parent: &Store, name: &str) -> Result<CheckpointMetadata> {
     let item = open_committed(parent, name)?;
     item_metadata(&item)
@@ -65,13 +99,15 @@ pub fn item_metadata(item: &Store) -> Result<CheckpointMetadata> {
     let shardings = read_shardings(item)?;
     let tree = tree_metadata.tree.as_ref().try_map_with_path(|path, value| {
         let name = param_name(path);
+        let sharding = shardings.get(&name).cloned();
         let mut leaf = LeafMetadata {
             value_type: value.value_type.as_str().to_owned(),
             dtype: None,
             shape: None,
             chunk_shape: None,
             size_bytes: None,
-            sharding: shardings.get(&name).cloned(),
+            saved_sharding: sharding.as_deref().and_then(|json| decode_sharding(&name, json)),
+            sharding,
         };
         if is_array_like(value.value_type.as_str()) {
             let stored = reader.array(&name)?;
@@ -241,6 +277,7 @@ fn legacy_metadata(tree: &PyTree<Leaf>) -> CheckpointMetadata {
             size_bytes: dtype.map(|_| bytes.len() as u64),
             shape,
             sharding: None,
+            saved_sharding: None,
         }
     });
     CheckpointMetadata {

@@ -83,6 +83,18 @@ pub enum TreeError {
     },
 }
 
+/// Text that is not a key path in `jax.tree_util.keystr` form.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid key path {text:?} at byte {offset}: {reason}; write it as keystr prints it, such as ['params']['dense'][0]")]
+pub struct KeyPathParseError {
+    /// The text given.
+    pub text: String,
+    /// Byte offset of the first character that could not be parsed.
+    pub offset: usize,
+    /// The expected text at that offset.
+    pub reason: String,
+}
+
 /// Errors of decoding a `_METADATA` document.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -1,6 +1,8 @@
 use std::borrow::Cow;
 use std::fmt;
+use std::str::FromStr;
 
+use crate::error::KeyPathParseError;
 use crate::repr::str_repr;
 
 /// One step of a key path: a dict key or a list or tuple index.
@@ -178,6 +180,163 @@ impl fmt::Display for KeyPath {
     }
 }
 
+/// Parses the text that `Display` prints: `jax.tree_util.keystr` form such
+/// as `['opt'][1][0]`, or `<root>` (also the empty string) for the root.
+///
+/// Dict keys may use either quote and the escapes of a Python string
+/// literal that `repr` emits (`\\`, `\'`, `\"`, `\t`, `\n`, `\r`, `\xhh`,
+/// `\uhhhh`, `\Uhhhhhhhh`). A `.name` step, which `keystr` prints for
+/// attributes of dataclasses and namedtuples, parses as the dict key
+/// `name`, because Orbax stores attribute keys as dict keys.
+impl FromStr for KeyPath {
+    type Err = KeyPathParseError;
+
+    fn from_str(text: &str) -> Result<KeyPath, KeyPathParseError> {
+        if text.is_empty() || text == "<root>" {
+            return Ok(KeyPath::root());
+        }
+        let mut parser = KeyPathParser {
+            text,
+            offset: 0,
+        };
+        let mut keys = Vec::new();
+        while parser.offset < text.len() {
+            keys.push(parser.key()?);
+        }
+        Ok(KeyPath(keys))
+    }
+}
+
+/// A cursor over the text of a key path.
+struct KeyPathParser<'a> {
+    text: &'a str,
+    offset: usize,
+}
+
+impl KeyPathParser<'_> {
+    fn error(&self, reason: impl Into<String>) -> KeyPathParseError {
+        KeyPathParseError {
+            text: self.text.to_owned(),
+            offset: self.offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.text[self.offset..].chars().next()
+    }
+
+    fn next_char(&mut self) -> Option<char> {
+        let ch = self.peek()?;
+        self.offset += ch.len_utf8();
+        Some(ch)
+    }
+
+    fn expect(&mut self, expected: char) -> Result<(), KeyPathParseError> {
+        match self.peek() {
+            Some(ch) if ch == expected => {
+                self.offset += ch.len_utf8();
+                Ok(())
+            }
+            _ => Err(self.error(format!("expected {expected:?}"))),
+        }
+    }
+
+    /// Parses one `[...]` or `.name` step.
+    fn key(&mut self) -> Result<Key, KeyPathParseError> {
+        match self.peek() {
+            Some('[') => {
+                self.offset += 1;
+                let key = match self.peek() {
+                    Some(quote @ ('\'' | '"')) => {
+                        self.offset += 1;
+                        Key::Dict(self.string_body(quote)?)
+                    }
+                    Some(ch) if ch.is_ascii_digit() => Key::Index(self.index()?),
+                    _ => return Err(self.error("expected a quoted dict key or a decimal index")),
+                };
+                self.expect(']')?;
+                Ok(key)
+            }
+            Some('.') => {
+                self.offset += 1;
+                let start = self.offset;
+                while matches!(self.peek(), Some(ch) if ch == '_' || ch.is_alphanumeric()) {
+                    self.next_char();
+                }
+                if self.offset == start {
+                    return Err(self.error("expected an attribute name after '.'"));
+                }
+                Ok(Key::Dict(self.text[start..self.offset].to_owned()))
+            }
+            _ => Err(self.error("expected '[' or '.'")),
+        }
+    }
+
+    fn index(&mut self) -> Result<usize, KeyPathParseError> {
+        let start = self.offset;
+        while matches!(self.peek(), Some(ch) if ch.is_ascii_digit()) {
+            self.offset += 1;
+        }
+        let digits = &self.text[start..self.offset];
+        if digits.len() > 1 && digits.starts_with('0') {
+            self.offset = start;
+            return Err(self.error("an index has no leading zeros"));
+        }
+        digits.parse().map_err(|_| {
+            self.offset = start;
+            self.error("the index does not fit in usize")
+        })
+    }
+
+    /// Parses the rest of a string literal opened by `quote`.
+    fn string_body(&mut self, quote: char) -> Result<String, KeyPathParseError> {
+        let mut out = String::new();
+        loop {
+            match self.next_char() {
+                None => return Err(self.error(format!("unterminated string, expected {quote:?}"))),
+                Some(ch) if ch == quote => return Ok(out),
+                Some('\\') => out.push(self.escape()?),
+                Some(ch) => out.push(ch),
+            }
+        }
+    }
+
+    /// Parses the escape sequence after a backslash.
+    fn escape(&mut self) -> Result<char, KeyPathParseError> {
+        let backslash = self.offset - 1;
+        let ch = match self.next_char() {
+            Some('\\') => '\\',
+            Some('\'') => '\'',
+            Some('"') => '"',
+            Some('t') => '\t',
+            Some('n') => '\n',
+            Some('r') => '\r',
+            Some('x') => self.code_point(2)?,
+            Some('u') => self.code_point(4)?,
+            Some('U') => self.code_point(8)?,
+            _ => {
+                self.offset = backslash;
+                return Err(self.error("unknown escape sequence"));
+            }
+        };
+        Ok(ch)
+    }
+
+    fn code_point(&mut self, digits: usize) -> Result<char, KeyPathParseError> {
+        let start = self.offset;
+        let hex = self
+            .text
+            .get(start..start + digits)
+            .filter(|hex| hex.chars().all(|ch| ch.is_ascii_hexdigit()))
+            .ok_or_else(|| self.error(format!("expected {digits} hex digits")))?;
+        let code = u32::from_str_radix(hex, 16).map_err(|_| self.error("invalid hex digits"))?;
+        let ch = char::from_u32(code).ok_or_else(|| self.error(format!("{code:#x} is not a Unicode scalar value")))?;
+        self.offset += digits;
+        Ok(ch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +401,51 @@ mod tests {
         assert_eq!(child.keys(), [Key::from("a"), Key::Index(3)]);
         assert_eq!(path.pop(), Some(Key::from("a")));
         assert!(path.is_empty());
+    }
+
+    #[test]
+    fn parse_round_trips_display() {
+        let paths = [
+            path([Key::from("opt"), Key::Index(1), Key::Index(0)]),
+            path([Key::from("it's"), Key::from("a\\b"), Key::from("tab\there")]),
+            path([Key::from("caf\u{e9}"), Key::from("bell\u{7}"), Key::from("\u{2028}")]),
+            path([Key::from("")]),
+            KeyPath::root(),
+        ];
+        for expected in paths {
+            let text = expected.to_string();
+            assert_eq!(text.parse::<KeyPath>(), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_attributes() {
+        let parsed: KeyPath = ".params['w'][2]".parse().unwrap();
+        assert_eq!(parsed, path([Key::from("params"), Key::from("w"), Key::Index(2)]));
+    }
+
+    #[test]
+    fn parse_accepts_double_quotes() {
+        let parsed: KeyPath = "[\"a'b\"]".parse().unwrap();
+        assert_eq!(parsed, path([Key::from("a'b")]));
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        let cases = [
+            ("params", 0),
+            ("['a'", 4),
+            ("['a]", 4),
+            ("[01]", 1),
+            ("[-1]", 1),
+            ("['a\\q']", 3),
+            ("['\\xZZ']", 4),
+            (".", 1),
+            ("[0] ", 3),
+        ];
+        for (text, offset) in cases {
+            let error = text.parse::<KeyPath>().unwrap_err();
+            assert_eq!(error.offset, offset, "{text}: {error}");
+        }
     }
 }

@@ -58,7 +58,7 @@ mod repr;
 mod tree;
 
 pub use crate::{
-    error::{MetadataError, TreeError},
+    error::{KeyPathParseError, MetadataError, TreeError},
     flatten::{EmptyNode, FlatNode},
     key::{Key, KeyPath, KeyType},
     metadata::{

@@ -4,11 +4,12 @@ use ckpt_colocated::{ArraySpec, ReplicaSlicing, SaveItem, ShardedArray};
 use ckpt_core::{num_bytes, num_bytes_usize, IndexBox};
 use ckpt_device::Sharding;
 use ckpt_storage::{choose_chunk_shape, StoredArray, DEFAULT_MAX_CHUNK_BYTES};
+use tracing::info;
 
 use super::ARRAY_VALUE_TYPE;
 use crate::{
-    CkptError, Leaf, RestoreContext, RestoreEntry, RestoreTarget, Result, SaveContext, SaveEntry,
-    SavedLeaf, TypeHandler,
+    CkptError, Leaf, MissingSharding, RestoreContext, RestoreEntry, RestoreTarget, Result,
+    SaveContext, SaveEntry, SavedLeaf, TypeHandler,
 };
 
 /// Saves sharded arrays through the controller: it fetches every replica-0
@@ -98,7 +99,7 @@ impl TypeHandler for ColocatedArrayHandler {
     ) -> Result<Vec<Leaf>> {
         let mut targets = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.args.target == RestoreTarget::Host {
+            if restores_to_host(context, entry)? {
                 targets.push(None);
                 continue;
             }
@@ -270,29 +271,91 @@ pub(crate) fn target_spec(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>
     Ok(spec)
 }
 
-fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Sharding> {
+/// The saved sharding of a leaf, as far as this runtime can use it.
+enum SavedSharding {
+    /// The `_sharding` entry, whose devices all exist here.
+    Usable(Sharding),
+    /// The `_sharding` entry names these device ids, which this runtime lacks.
+    DevicesMissing(Vec<u32>),
+    /// The checkpoint has no `_sharding` entry for the leaf.
+    Absent,
+}
+
+fn lookup_saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<SavedSharding> {
     let Some(json) = context.shardings.get(entry.param_name) else {
-        return Err(CkptError::InvalidRestore {
-            key_path: entry.key_path.to_string(),
-            reason: "the checkpoint records no sharding for it in _sharding; pass RestoreArgs::array with a target sharding".into(),
-        });
+        return Ok(SavedSharding::Absent);
     };
     let sharding = Sharding::from_orbax_json(json)?;
     let topology = context.controller.runtime().topology();
-    if let Some(missing) = sharding
+    let missing: Vec<u32> = sharding
         .device_set()
         .into_iter()
-        .find(|device| topology.host_of(*device).is_none())
-    {
-        return Err(CkptError::InvalidRestore {
-            key_path: entry.key_path.to_string(),
-            reason: format!(
-                "it was saved on device {} which this runtime does not have; pass RestoreArgs::array with a sharding over this runtime's devices",
-                missing.0
-            ),
-        });
+        .filter(|device| topology.host_of(*device).is_none())
+        .map(|device| device.0)
+        .collect();
+    if missing.is_empty() {
+        Ok(SavedSharding::Usable(sharding))
+    } else {
+        Ok(SavedSharding::DevicesMissing(missing))
     }
-    Ok(sharding)
+}
+
+/// Returns whether a sharded array leaf restores into the controller's
+/// memory: its target is host memory, or its target is the saved sharding,
+/// which this runtime cannot use, and its policy is [`MissingSharding::Host`].
+fn restores_to_host(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<bool> {
+    match entry.args.target {
+        RestoreTarget::Host => Ok(true),
+        RestoreTarget::Saved if entry.args.missing_sharding == MissingSharding::Host => {
+            let saved = lookup_saved_sharding(context, entry)?;
+            let to_host = !matches!(saved, SavedSharding::Usable(_));
+            if to_host {
+                info!(leaf = %entry.key_path, "saved sharding is unavailable here; restoring into host memory as MissingSharding::Host requests");
+            }
+            Ok(to_host)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Returns the saved sharding of a leaf, or the fallback its
+/// [`MissingSharding`] policy opts in to when this runtime cannot use it.
+fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Sharding> {
+    let saved = lookup_saved_sharding(context, entry)?;
+    if let SavedSharding::Usable(sharding) = saved {
+        return Ok(sharding);
+    }
+    let topology = context.controller.runtime().topology();
+    let fallback = match entry.args.missing_sharding {
+        MissingSharding::Replicated => Some(Sharding::replicated(topology.device_ids())?),
+        MissingSharding::SingleDevice(device) => {
+            if topology.host_of(device).is_none() {
+                return Err(CkptError::InvalidRestore {
+                    key_path: entry.key_path.to_string(),
+                    reason: format!(
+                        "MissingSharding::SingleDevice names device {device}, which this runtime lacks; pick one of its {} devices",
+                        topology.devices().len()
+                    ),
+                });
+            }
+            Some(Sharding::single_device(device))
+        }
+        _ => None,
+    };
+    if let Some(sharding) = fallback {
+        info!(leaf = %entry.key_path, policy = ?entry.args.missing_sharding, "saved sharding is unavailable here; using the opted-in fallback");
+        return Ok(sharding);
+    }
+    Err(match saved {
+        SavedSharding::DevicesMissing(missing_devices) => CkptError::SavedDevicesMissing {
+            key_path: entry.key_path.to_string(),
+            missing_devices,
+            runtime_devices: topology.devices().len(),
+        },
+        _ => CkptError::NoSavedSharding {
+            key_path: entry.key_path.to_string(),
+        },
+    })
 }
 
 /// Reads a whole array on the controller and sends each host its boxes, or
@@ -306,7 +369,7 @@ fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry
         &IndexBox::full(&stored.shape),
         &mut global,
     )?;
-    if entry.args.target == RestoreTarget::Host {
+    if restores_to_host(context, entry)? {
         let array = crate::HostArray::from_bytes(stored.shape.clone(), stored.dtype, global)?;
         return Ok(Leaf::HostArray(array));
     }
