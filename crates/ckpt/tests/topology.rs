@@ -4,7 +4,8 @@
 //! through the controller, in OCDBT and plain formats. It is restored bit
 //! for bit onto 1, 2, 3, 4 and 8 devices over several host counts, and onto
 //! a single device of a larger runtime, colocated and through the
-//! controller. Its metadata is read in a runtime of one device. A property
+//! controller. Its metadata is read in a runtime of one device. A save of
+//! an array with a zero-size dimension fails and names the leaf. A property
 //! test saves random arrays on one random topology and restores them on
 //! another.
 
@@ -17,8 +18,8 @@ use ckpt::{
     device::{DeviceId, Mesh, PartitionDim, PartitionSpec, Sharding},
     pytree::{Key, KeyPath, PyTree},
     storage::{ArrayFormat, LocalBackend, Store},
-    CkptError, DType, HostArray, Leaf, PyTreeCheckpointer, PyTreeRestore, PyTreeSave,
-    RestoreArgs, SaveArgs,
+    CkptError, DType, HostArray, Leaf, PyTreeCheckpointer, PyTreeRestore, PyTreeSave, RestoreArgs,
+    SaveArgs,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -63,15 +64,15 @@ fn mesh(devices: Vec<DeviceId>, rows: usize) -> Mesh {
 
 // The topology matrix.
 
-/// How an array of the matrix is laid out, on any runtime.
+/// The placement of an array of the matrix, on any runtime.
 #[derive(Clone, Debug)]
 enum Layout {
     /// A named sharding with this spec over the mesh axes `x` and `y`.
     Named(PartitionSpec),
-    /// Every device of the mesh holds the whole array.
+    /// Every device of the mesh has a copy of the whole array.
     Replicated,
-    /// One device holds the whole array: the mesh device at this position,
-    /// counted modulo the mesh size.
+    /// One device has the whole array. It is the mesh device at this
+    /// position, counted modulo the mesh size.
     SingleDevice(usize),
 }
 
@@ -107,6 +108,7 @@ struct MatrixArray {
 fn matrix_arrays() -> Vec<MatrixArray> {
     let spec = |dims: &[Option<&str>]| Layout::Named(PartitionSpec::new(dims.to_vec()));
     let both_axes = Layout::Named(PartitionSpec::from_dims([PartitionDim::axes(["x", "y"])]));
+    #[rustfmt::skip]
     let arrays = [
         ("params", "rows", vec![10, 3], DType::Float32, spec(&[Some("x"), None])),
         ("params", "grid", vec![9, 5], DType::BFloat16, spec(&[Some("x"), Some("y")])),
@@ -162,7 +164,10 @@ fn saved_matrix() -> SavedMatrix {
         groups
             .entry(keys[0].name().into_owned())
             .or_default()
-            .push((keys[1].name().into_owned(), PyTree::leaf(Leaf::Array(handle))));
+            .push((
+                keys[1].name().into_owned(),
+                PyTree::leaf(Leaf::Array(handle)),
+            ));
         shardings.insert(array.path.clone(), sharding);
     }
     let tree = PyTree::dict(
@@ -177,7 +182,7 @@ fn saved_matrix() -> SavedMatrix {
     }
 }
 
-/// A checkpoint of the matrix: how it was saved and its name.
+/// A checkpoint of the matrix's tree, with its name and how it was saved.
 struct MatrixCheckpoint {
     name: &'static str,
     colocated: bool,
@@ -185,10 +190,26 @@ struct MatrixCheckpoint {
 }
 
 const MATRIX_CHECKPOINTS: [MatrixCheckpoint; 4] = [
-    MatrixCheckpoint { name: "colocated_ocdbt", colocated: true, use_ocdbt: true },
-    MatrixCheckpoint { name: "colocated_plain", colocated: true, use_ocdbt: false },
-    MatrixCheckpoint { name: "gather_ocdbt", colocated: false, use_ocdbt: true },
-    MatrixCheckpoint { name: "gather_plain", colocated: false, use_ocdbt: false },
+    MatrixCheckpoint {
+        name: "colocated_ocdbt",
+        colocated: true,
+        use_ocdbt: true,
+    },
+    MatrixCheckpoint {
+        name: "colocated_plain",
+        colocated: true,
+        use_ocdbt: false,
+    },
+    MatrixCheckpoint {
+        name: "gather_ocdbt",
+        colocated: false,
+        use_ocdbt: true,
+    },
+    MatrixCheckpoint {
+        name: "gather_plain",
+        colocated: false,
+        use_ocdbt: false,
+    },
 ];
 
 /// Saves the matrix's tree once per entry of `MATRIX_CHECKPOINTS` under `parent`.
@@ -197,26 +218,31 @@ fn save_matrix(parent: &Store) -> SavedMatrix {
     for checkpoint in &MATRIX_CHECKPOINTS {
         let checkpointer = PyTreeCheckpointer::new(Arc::clone(&saved.controller))
             .with_format(format(checkpoint.use_ocdbt));
-        let args = PyTreeSave::new(saved.tree.clone())
-            .with_save_args(PyTree::leaf(SaveArgs::colocated().with_colocated(checkpoint.colocated)));
+        let args = PyTreeSave::new(saved.tree.clone()).with_save_args(PyTree::leaf(
+            SaveArgs::colocated().with_colocated(checkpoint.colocated),
+        ));
         let summary = checkpointer
             .save(parent, checkpoint.name, args)
             .unwrap_or_else(|error| panic!("save {}: {error}", checkpoint.name));
         if checkpoint.colocated {
-            assert_eq!(summary.controller_array_bytes, 0, "{}: bytes through the controller", checkpoint.name);
+            assert_eq!(
+                summary.controller_array_bytes, 0,
+                "{}: bytes through the controller",
+                checkpoint.name
+            );
         }
     }
     saved
 }
 
-/// Where the matrix restores: a runtime and the sharding of each array on it.
+/// A runtime that the matrix restores onto, and the sharding of each array on it.
 struct RestoreTopology {
     hosts: usize,
     devices_per_host: usize,
-    /// Rows of the restoring mesh, whose devices are in reverse id order so
-    /// that no device keeps the position it had when saving.
+    /// Rows of the restoring mesh. Its devices are in reverse id order, so
+    /// most of them sit at another mesh position than when saving.
     rows: usize,
-    /// Put every array on this one device of the runtime instead.
+    /// The one device that gets every array, in place of the mesh.
     single_device: Option<u32>,
 }
 
@@ -278,7 +304,10 @@ fn assert_array_restored(
         let report = controller
             .verify(found, Generator::new(seed))
             .unwrap_or_else(|error| panic!("{context}: verify: {error}"));
-        assert_eq!(report.mismatches, 0, "{context}: elements that differ on some replica");
+        assert_eq!(
+            report.mismatches, 0,
+            "{context}: elements that differ on some replica"
+        );
     }
 }
 
@@ -313,10 +342,18 @@ fn restore_matrix_on(parent: &Store, target: &RestoreTopology) {
 
             let before = controller.array_bytes();
             let restored = checkpointer
-                .restore(parent, checkpoint.name, PyTreeRestore::new().with_restore_args(args))
+                .restore(
+                    parent,
+                    checkpoint.name,
+                    PyTreeRestore::new().with_restore_args(args),
+                )
                 .unwrap_or_else(|error| panic!("{context}: restore: {error}"));
             if colocated {
-                assert_eq!(controller.array_bytes(), before, "{context}: bytes through the controller");
+                assert_eq!(
+                    controller.array_bytes(),
+                    before,
+                    "{context}: bytes through the controller"
+                );
             }
 
             assert_eq!(restored.num_leaves(), arrays.len(), "{context}: leaf count");
@@ -325,7 +362,13 @@ fn restore_matrix_on(parent: &Store, target: &RestoreTopology) {
                     panic!("{context} {}: not restored as a sharded array", array.path);
                 };
                 let context = format!("{context} {}", array.path);
-                assert_array_restored(&controller, found, &specs[&array.path], array.seed, &context);
+                assert_array_restored(
+                    &controller,
+                    found,
+                    &specs[&array.path],
+                    array.seed,
+                    &context,
+                );
             }
         }
     }
@@ -365,7 +408,7 @@ fn eight_devices_restore_on_every_topology() {
 /// which exists on any runtime that has device ids 0 to 7, whatever its
 /// host count.
 #[test]
-fn saved_sharding_restores_on_eight_hosts() {
+fn saved_sharding_restores_across_host_counts() {
     let (_dir, parent) = local_parent();
     let saved = save_matrix(&parent);
     for (hosts, devices_per_host) in [(4, 2), (8, 1), (2, 4)] {
@@ -373,10 +416,17 @@ fn saved_sharding_restores_on_eight_hosts() {
         let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
         for checkpoint in &MATRIX_CHECKPOINTS {
             for colocated in [false, true] {
-                let context = format!("{} onto {hosts}x{devices_per_host} colocated {colocated}", checkpoint.name);
+                let context = format!(
+                    "{} onto {hosts}x{devices_per_host} colocated {colocated}",
+                    checkpoint.name
+                );
                 let args = PyTree::leaf(RestoreArgs::default().with_colocated(colocated));
                 let restored = checkpointer
-                    .restore(&parent, checkpoint.name, PyTreeRestore::new().with_restore_args(args))
+                    .restore(
+                        &parent,
+                        checkpoint.name,
+                        PyTreeRestore::new().with_restore_args(args),
+                    )
                     .unwrap_or_else(|error| panic!("{context}: restore: {error}"));
                 for array in matrix_arrays() {
                     let Some(PyTree::Leaf(Leaf::Array(found))) = restored.get(&array.path) else {
@@ -385,8 +435,14 @@ fn saved_sharding_restores_on_eight_hosts() {
                     let saved_sharding = &saved.shardings[&array.path];
                     let context = format!("{context} {}", array.path);
                     assert_eq!(
-                        found.spec().sharding.devices_indices_map(&array.shape).expect("a valid sharding"),
-                        saved_sharding.devices_indices_map(&array.shape).expect("a valid sharding"),
+                        found
+                            .spec()
+                            .sharding
+                            .devices_indices_map(&array.shape)
+                            .expect("a valid sharding"),
+                        saved_sharding
+                            .devices_indices_map(&array.shape)
+                            .expect("a valid sharding"),
                         "{context}: device boxes"
                     );
                     let expected_spec = found.spec().clone();
@@ -407,8 +463,16 @@ fn metadata_reads_in_one_device_runtime() {
         let metadata = checkpointer
             .metadata(&parent, name)
             .unwrap_or_else(|error| panic!("{name}: metadata: {error}"));
-        assert_eq!(metadata.tree.structure(), saved.tree.structure(), "{name}: tree structure");
-        assert_eq!(metadata.use_ocdbt, Some(checkpoint.use_ocdbt), "{name}: use_ocdbt");
+        assert_eq!(
+            metadata.tree.structure(),
+            saved.tree.structure(),
+            "{name}: tree structure"
+        );
+        assert_eq!(
+            metadata.use_ocdbt,
+            Some(checkpoint.use_ocdbt),
+            "{name}: use_ocdbt"
+        );
         assert!(!metadata.use_zarr3, "{name}: use_zarr3");
         assert_eq!(metadata.custom_metadata, None, "{name}: custom metadata");
 
@@ -432,12 +496,20 @@ fn metadata_reads_in_one_device_runtime() {
             let sharding = Sharding::from_orbax_json(json)
                 .unwrap_or_else(|error| panic!("{context}: parse the sharding {json}: {error}"));
             assert_eq!(
-                sharding.devices_indices_map(&array.shape).expect("a valid sharding"),
-                saved_sharding.devices_indices_map(&array.shape).expect("a valid sharding"),
+                sharding
+                    .devices_indices_map(&array.shape)
+                    .expect("a valid sharding"),
+                saved_sharding
+                    .devices_indices_map(&array.shape)
+                    .expect("a valid sharding"),
                 "{context}: device boxes of the sharding description"
             );
             if !matches!(saved_sharding, Sharding::Replicated { .. }) {
-                assert_eq!(json, &saved_sharding.to_orbax_json(), "{context}: sharding description");
+                assert_eq!(
+                    json,
+                    &saved_sharding.to_orbax_json(),
+                    "{context}: sharding description"
+                );
             }
         }
 
@@ -459,8 +531,11 @@ fn zero_size_leaf_rejected_naming_it() {
         sharding: Sharding::named(saving_mesh, PartitionSpec::new([Some("x"), Some("y")]))
             .expect("a valid sharding"),
     };
-    let empty = controller.put_global(sharded, &[]).expect("put an empty array");
-    let host = HostArray::from_bytes(vec![3, 0], DType::Int32, Vec::new()).expect("an empty host array");
+    let empty = controller
+        .put_global(sharded, &[])
+        .expect("put an empty array");
+    let host =
+        HostArray::from_bytes(vec![3, 0], DType::Int32, Vec::new()).expect("an empty host array");
     let cases = [
         ("sharded", Leaf::Array(empty)),
         ("host", Leaf::HostArray(host)),
@@ -469,25 +544,38 @@ fn zero_size_leaf_rejected_naming_it() {
         for colocated in [false, true] {
             let tree = PyTree::dict([
                 ("empty", PyTree::dict([(key, PyTree::leaf(leaf.clone()))])),
-                ("ok", PyTree::leaf(Leaf::HostArray(
-                    HostArray::from_bytes(vec![2], DType::Int8, vec![1, 2]).expect("a host array"),
-                ))),
+                (
+                    "ok",
+                    PyTree::leaf(Leaf::HostArray(
+                        HostArray::from_bytes(vec![2], DType::Int8, vec![1, 2])
+                            .expect("a host array"),
+                    )),
+                ),
             ]);
             let (_dir, parent) = local_parent();
             let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
-            let args = PyTreeSave::new(tree)
-                .with_save_args(PyTree::leaf(SaveArgs::colocated().with_colocated(colocated)));
+            let args = PyTreeSave::new(tree).with_save_args(PyTree::leaf(
+                SaveArgs::colocated().with_colocated(colocated),
+            ));
             let error = checkpointer
                 .save(&parent, "ckpt", args)
                 .expect_err("a zero-size leaf is rejected");
             let context = format!("{key} colocated {colocated}");
-            assert!(matches!(error, CkptError::InvalidLeaf { .. }), "{context}: {error}");
+            assert!(
+                matches!(error, CkptError::InvalidLeaf { .. }),
+                "{context}: {error}"
+            );
             let message = error.to_string();
             assert!(message.contains("['empty']"), "{context}: {message}");
-            assert!(message.contains(&format!("['{key}']")), "{context}: {message}");
+            assert!(
+                message.contains(&format!("['{key}']")),
+                "{context}: {message}"
+            );
             assert!(message.contains("zero-size"), "{context}: {message}");
             assert!(
-                ckpt::storage::list_committed(&parent).expect("list").is_empty(),
+                ckpt::storage::list_committed(&parent)
+                    .expect("list")
+                    .is_empty(),
                 "{context}: a checkpoint was committed"
             );
         }
@@ -549,8 +637,9 @@ struct RandomArray {
     seed: u64,
 }
 
-/// A runtime of `hosts` x `devices_per_host` with a mesh of the
-/// `rows_choice`-th divisor of the device count (modulo their number) rows.
+/// A runtime of `hosts` x `devices_per_host` devices. Its mesh has as many
+/// rows as the divisor of the device count at position `rows_choice`,
+/// counted modulo the number of divisors.
 #[derive(Clone, Copy, Debug)]
 struct RandomTopology {
     hosts: usize,
@@ -584,8 +673,13 @@ struct RandomCase {
 }
 
 fn random_layout() -> impl Strategy<Value = RandomLayout> {
-    (0u8..4, prop::collection::vec(0u8..4, 3), 0usize..16)
-        .prop_map(|(kind, dim_axes, device)| RandomLayout { kind, dim_axes, device })
+    (0u8..4, prop::collection::vec(0u8..4, 3), 0usize..16).prop_map(|(kind, dim_axes, device)| {
+        RandomLayout {
+            kind,
+            dim_axes,
+            device,
+        }
+    })
 }
 
 /// Dimensions of 1 to 9 elements, so most do not divide evenly by a mesh
@@ -633,7 +727,15 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
         any::<bool>(),
     )
         .prop_map(
-            |(save_topology, restore_topology, arrays, save_colocated, restore_colocated, use_ocdbt, use_zarr3)| {
+            |(
+                save_topology,
+                restore_topology,
+                arrays,
+                save_colocated,
+                restore_colocated,
+                use_ocdbt,
+                use_zarr3,
+            )| {
                 RandomCase {
                     save_topology,
                     restore_topology,
@@ -673,14 +775,23 @@ fn save_random_case(case: &RandomCase, parent: &Store) -> Result<bool, TestCaseE
     let args = PyTreeSave::new(PyTree::dict(leaves)).with_save_args(PyTree::leaf(save_args));
     let saved = checkpointer.save(parent, "ckpt", args);
 
-    let first_empty = case.arrays.iter().position(|array| array.shape.contains(&0));
+    let first_empty = case
+        .arrays
+        .iter()
+        .position(|array| array.shape.contains(&0));
     match (first_empty, saved) {
         (None, Ok(_)) => Ok(true),
         (None, Err(error)) => Err(TestCaseError::fail(format!("save: {error}"))),
-        (Some(i), Ok(_)) => Err(TestCaseError::fail(format!("a{i} has a zero-size dimension but saved"))),
+        (Some(i), Ok(_)) => Err(TestCaseError::fail(format!(
+            "a{i} has a zero-size dimension but saved"
+        ))),
         (Some(i), Err(error)) => {
             prop_assert!(matches!(error, CkptError::InvalidLeaf { .. }), "{}", error);
-            prop_assert!(error.to_string().contains(&format!("['a{i}']")), "{}", error);
+            prop_assert!(
+                error.to_string().contains(&format!("['a{i}']")),
+                "{}",
+                error
+            );
             Ok(false)
         }
     }
@@ -696,7 +807,10 @@ fn restore_random_case(case: &RandomCase, parent: &Store) -> Result<(), TestCase
         let spec = ArraySpec {
             shape: array.shape.clone(),
             dtype: array.dtype,
-            sharding: array.restore.layout(array.shape.len()).sharding(&restoring_mesh),
+            sharding: array
+                .restore
+                .layout(array.shape.len())
+                .sharding(&restoring_mesh),
         };
         let leaf_args = RestoreArgs::array(spec.clone()).with_colocated(case.restore_colocated);
         args.push((format!("a{i}"), PyTree::leaf(leaf_args)));
@@ -713,7 +827,9 @@ fn restore_random_case(case: &RandomCase, parent: &Store) -> Result<(), TestCase
     for (i, (array, spec)) in case.arrays.iter().zip(&specs).enumerate() {
         let path = KeyPath::from(vec![Key::from(format!("a{i}").as_str())]);
         let Some(PyTree::Leaf(Leaf::Array(found))) = restored.get(&path) else {
-            return Err(TestCaseError::fail(format!("a{i}: not restored as a sharded array")));
+            return Err(TestCaseError::fail(format!(
+                "a{i}: not restored as a sharded array"
+            )));
         };
         prop_assert_eq!(found.spec(), spec, "a{}: spec", i);
         let bytes = controller

@@ -1,11 +1,11 @@
 //! Property tests of restores onto another topology, in the in-process
 //! runtime and in the multi-process one.
 //!
-//! Each case puts random arrays (random dtypes, shapes with uneven and
-//! zero-size dimensions, random shardings) on a random runtime, saves them
-//! colocated or through the controller into a local directory, and
-//! restores them onto random shardings of another random runtime,
-//! colocated or through the controller. The restored global bytes must
+//! Each case puts random arrays on a random runtime: random dtypes, shapes
+//! with uneven and zero-size dimensions, and random shardings. It saves
+//! them colocated or through the controller into a local directory. Then
+//! it restores them onto random shardings of another random runtime,
+//! colocated or through the controller, and the restored global bytes must
 //! equal the saved ones bit for bit. The multi-process runtime uses
 //! `ckpt-worker` processes on 127.0.0.x that share the directory by its
 //! path.
@@ -30,10 +30,10 @@ use proptest::{
     test_runner::{Config, TestRunner},
 };
 
-/// Most hosts a case uses; the multi-process runtime starts this many workers.
+/// Maximum host count of a case. The multi-process test starts this many workers.
 const MAX_HOSTS: usize = 4;
 
-/// Where the hosts of a case run.
+/// The kind of runtime that runs the hosts of a case.
 enum Hosts {
     /// Threads of the test process.
     InProcess,
@@ -93,9 +93,7 @@ impl RandomSharding {
         let devices = mesh.devices();
         match self.kind {
             2 => return Sharding::single_device(devices[self.device % devices.len()]),
-            3 => {
-                return Sharding::replicated(devices.to_vec()).expect("a replicated sharding")
-            }
+            3 => return Sharding::replicated(devices.to_vec()).expect("a replicated sharding"),
             _ => {}
         }
         let mut x_free = true;
@@ -132,8 +130,9 @@ struct RandomArray {
     seed: u64,
 }
 
-/// A runtime of `hosts` x `devices_per_host` devices and its mesh: the
-/// `rows_choice`-th divisor of the device count (modulo their number) rows.
+/// A runtime of `hosts` x `devices_per_host` devices. Its mesh has as many
+/// rows as the divisor of the device count at position `rows_choice`,
+/// counted modulo the number of divisors.
 #[derive(Clone, Copy, Debug)]
 struct RandomTopology {
     hosts: usize,
@@ -168,13 +167,13 @@ struct RandomCase {
 }
 
 fn random_sharding() -> impl Strategy<Value = RandomSharding> {
-    (0u8..4, prop::collection::vec(0u8..4, 3), 0usize..16).prop_map(
-        |(kind, dim_axes, device)| RandomSharding {
+    (0u8..4, prop::collection::vec(0u8..4, 3), 0usize..16).prop_map(|(kind, dim_axes, device)| {
+        RandomSharding {
             kind,
             dim_axes,
             device,
-        },
-    )
+        }
+    })
 }
 
 /// Dimensions of 1 to 9 elements, so most do not divide evenly by a mesh
@@ -391,7 +390,11 @@ fn restore_arrays(
 
 /// Restores `ckpt` under `parent` onto the restore topology of `case` and
 /// checks every array against the saved values.
-fn restore_and_check(hosts: &Hosts, case: &RandomCase, parent: &Store) -> Result<(), TestCaseError> {
+fn restore_and_check(
+    hosts: &Hosts,
+    case: &RandomCase,
+    parent: &Store,
+) -> Result<(), TestCaseError> {
     let topology = case.restore_topology;
     let controller = hosts.controller(topology.hosts, topology.devices_per_host);
     let mesh = topology.mesh();
@@ -421,7 +424,12 @@ fn restore_and_check(hosts: &Hosts, case: &RandomCase, parent: &Store) -> Result
             let report = controller
                 .verify(array, Generator::new(random.seed))
                 .map_err(|error| TestCaseError::fail(format!("a{i}: verify: {error}")))?;
-            prop_assert_eq!(report.mismatches, 0, "a{}: elements that differ on some replica", i);
+            prop_assert_eq!(
+                report.mismatches,
+                0,
+                "a{}: elements that differ on some replica",
+                i
+            );
         }
     }
     Ok(())
@@ -452,18 +460,18 @@ fn run_cases(hosts: &Hosts, cases: u32, max_shrink_iters: u32) {
 
 #[test]
 fn random_restores_in_process() {
-    run_cases(&Hosts::InProcess, 48, 256);
+    run_cases(&Hosts::InProcess, 64, 256);
 }
 
-/// Few cases, because each opens sessions on the workers; the workers start
-/// once and serve every case.
+/// Runs fewer cases than the in-process test, because every case connects
+/// two runtimes to the workers. The workers start once and serve every case.
 #[test]
 fn random_restores_over_grpc() {
     let workers = WorkerCluster::start(MAX_HOSTS, &launch_options()).expect("start the workers");
     let hosts = Hosts::Workers(workers);
     // A failing case panics inside `run_cases`; the cluster's drop then
     // kills the workers.
-    run_cases(&hosts, 12, 32);
+    run_cases(&hosts, 24, 32);
     let Hosts::Workers(workers) = hosts else {
         unreachable!("the hosts are workers");
     };
