@@ -670,6 +670,10 @@ struct RandomCase {
     restore_colocated: bool,
     use_ocdbt: bool,
     use_zarr3: bool,
+    /// Whether the replicas of a shard each write a slice of it.
+    replica_parallel: bool,
+    /// The chunk size limit of the save, small enough to split shards.
+    chunk_byte_size: Option<u64>,
 }
 
 fn random_layout() -> impl Strategy<Value = RandomLayout> {
@@ -718,16 +722,20 @@ fn random_topology() -> impl Strategy<Value = RandomTopology> {
 
 fn random_case() -> impl Strategy<Value = RandomCase> {
     (
-        random_topology(),
-        random_topology(),
+        (random_topology(), random_topology()),
         prop::collection::vec(random_array(), 1..=4),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
+        (any::<bool>(), any::<bool>()),
+        (any::<bool>(), prop::option::of(1u64..=64)),
     )
         .prop_map(
             |(
+                (save_topology, restore_topology),
+                arrays,
+                (save_colocated, restore_colocated),
+                (use_ocdbt, use_zarr3),
+                (replica_parallel, chunk_byte_size),
+            )| RandomCase {
                 save_topology,
                 restore_topology,
                 arrays,
@@ -735,16 +743,8 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
                 restore_colocated,
                 use_ocdbt,
                 use_zarr3,
-            )| {
-                RandomCase {
-                    save_topology,
-                    restore_topology,
-                    arrays,
-                    save_colocated,
-                    restore_colocated,
-                    use_ocdbt,
-                    use_zarr3,
-                }
+                replica_parallel,
+                chunk_byte_size,
             },
         )
 }
@@ -770,8 +770,12 @@ fn save_random_case(case: &RandomCase, parent: &Store) -> Result<bool, TestCaseE
 
     let mut array_format = format(case.use_ocdbt);
     array_format.use_zarr3 = case.use_zarr3;
-    let checkpointer = PyTreeCheckpointer::new(controller).with_format(array_format);
-    let save_args = SaveArgs::colocated().with_colocated(case.save_colocated);
+    let checkpointer = PyTreeCheckpointer::new(controller)
+        .with_format(array_format)
+        .with_replica_parallel(case.replica_parallel);
+    let save_args = SaveArgs::colocated()
+        .with_colocated(case.save_colocated)
+        .with_chunk_byte_size(case.chunk_byte_size);
     let args = PyTreeSave::new(PyTree::dict(leaves)).with_save_args(PyTree::leaf(save_args));
     let saved = checkpointer.save(parent, "ckpt", args);
 

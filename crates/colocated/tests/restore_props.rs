@@ -164,6 +164,8 @@ struct RandomCase {
     restore_colocated: bool,
     use_ocdbt: bool,
     use_zarr3: bool,
+    /// The chunk size limit, small enough to split shards into several chunks.
+    chunk_byte_size: Option<u64>,
 }
 
 fn random_sharding() -> impl Strategy<Value = RandomSharding> {
@@ -216,6 +218,7 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
         prop::collection::vec(random_array(), 1..=4),
         (any::<bool>(), any::<bool>()),
         (any::<bool>(), any::<bool>()),
+        prop::option::of(1u64..=64),
     )
         .prop_map(
             |(
@@ -223,6 +226,7 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
                 arrays,
                 (save_colocated, restore_colocated),
                 (use_ocdbt, use_zarr3),
+                chunk_byte_size,
             )| RandomCase {
                 save_topology,
                 restore_topology,
@@ -231,6 +235,7 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
                 restore_colocated,
                 use_ocdbt,
                 use_zarr3,
+                chunk_byte_size,
             },
         )
 }
@@ -248,18 +253,27 @@ fn param_name(index: usize) -> String {
     format!("a{index}")
 }
 
-/// Stores an array in chunks of its largest shard, as a save without a
-/// chunk size limit does.
-fn stored(spec: &ArraySpec) -> StoredArray {
+/// Returns the shape of an array's largest shard, which is its first.
+fn shard_shape(spec: &ArraySpec) -> Vec<u64> {
     let boxes = spec
         .sharding
         .devices_indices_map(&spec.shape)
         .expect("a valid sharding");
-    let shard_shape = boxes[0].index.shape();
+    boxes[0].index.shape()
+}
+
+/// Stores an array in chunks of its largest shard, or of a part of it
+/// within `chunk_byte_size`, as a save does.
+fn stored(spec: &ArraySpec, chunk_byte_size: Option<u64>) -> StoredArray {
     StoredArray {
         shape: spec.shape.clone(),
         dtype: spec.dtype,
-        chunk_shape: choose_chunk_shape(&spec.shape, &shard_shape, spec.dtype.item_size(), None),
+        chunk_shape: choose_chunk_shape(
+            &spec.shape,
+            &shard_shape(spec),
+            spec.dtype.item_size(),
+            chunk_byte_size,
+        ),
     }
 }
 
@@ -277,11 +291,11 @@ fn write_arrays(
             .iter()
             .enumerate()
             .map(|(i, array)| {
-                let stored = stored(array.spec());
+                let stored = stored(array.spec(), case.chunk_byte_size);
                 let item = SaveItem {
                     id: array.id(),
                     param_name: param_name(i),
-                    write_shape: stored.chunk_shape.clone(),
+                    write_shape: shard_shape(array.spec()),
                     stored,
                     replica_slicing: None,
                     create_metadata: true,
@@ -298,7 +312,7 @@ fn write_arrays(
     let writer = ArrayWriter::open(item, &format, "controller")
         .map_err(|error| format!("open the writer: {error}"))?;
     for (i, array) in arrays.iter().enumerate() {
-        let stored = stored(array.spec());
+        let stored = stored(array.spec(), case.chunk_byte_size);
         writer
             .create_array(&param_name(i), &stored)
             .map_err(|error| format!("create a{i}: {error}"))?;
