@@ -638,7 +638,7 @@ struct RandomArray {
 }
 
 /// A runtime of `hosts` x `devices_per_host` devices. Its mesh has as many
-/// rows as the divisor of the device count at position `rows_choice`,
+/// rows as the divisor of the mesh's device count at position `rows_choice`,
 /// counted modulo the number of divisors.
 #[derive(Clone, Copy, Debug)]
 struct RandomTopology {
@@ -647,11 +647,15 @@ struct RandomTopology {
     rows_choice: usize,
     /// Whether the mesh lists the devices in reverse id order.
     reversed: bool,
+    /// The mesh takes every `device_stride`-th device of the runtime, so
+    /// with a stride above 1 some devices, and some hosts, get no shard.
+    device_stride: usize,
 }
 
 impl RandomTopology {
     fn mesh(&self, controller: &Controller) -> Mesh {
-        let mut devices = controller.runtime().topology().device_ids();
+        let all = controller.runtime().topology().device_ids();
+        let mut devices: Vec<DeviceId> = all.into_iter().step_by(self.device_stride).collect();
         if self.reversed {
             devices.reverse();
         }
@@ -710,14 +714,22 @@ fn random_array() -> impl Strategy<Value = RandomArray> {
 }
 
 fn random_topology() -> impl Strategy<Value = RandomTopology> {
-    (1usize..=4, 1usize..=3, 0usize..4, any::<bool>()).prop_map(
-        |(hosts, devices_per_host, rows_choice, reversed)| RandomTopology {
-            hosts,
-            devices_per_host,
-            rows_choice,
-            reversed,
-        },
+    (
+        1usize..=4,
+        1usize..=3,
+        0usize..4,
+        any::<bool>(),
+        prop_oneof![3 => Just(1usize), 1 => 2usize..=3],
     )
+        .prop_map(
+            |(hosts, devices_per_host, rows_choice, reversed, device_stride)| RandomTopology {
+                hosts,
+                devices_per_host,
+                rows_choice,
+                reversed,
+                device_stride,
+            },
+        )
 }
 
 fn random_case() -> impl Strategy<Value = RandomCase> {

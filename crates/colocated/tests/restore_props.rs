@@ -131,7 +131,7 @@ struct RandomArray {
 }
 
 /// A runtime of `hosts` x `devices_per_host` devices. Its mesh has as many
-/// rows as the divisor of the device count at position `rows_choice`,
+/// rows as the divisor of the mesh's device count at position `rows_choice`,
 /// counted modulo the number of divisors.
 #[derive(Clone, Copy, Debug)]
 struct RandomTopology {
@@ -140,12 +140,17 @@ struct RandomTopology {
     rows_choice: usize,
     /// Whether the mesh lists the devices in reverse id order.
     reversed: bool,
+    /// The mesh takes every `device_stride`-th device of the runtime, so
+    /// with a stride above 1 some devices, and some hosts, get no shard.
+    device_stride: usize,
 }
 
 impl RandomTopology {
     fn mesh(&self) -> Mesh {
-        let count = self.hosts * self.devices_per_host;
-        let mut devices: Vec<DeviceId> = (0..count as u32).map(DeviceId).collect();
+        let all = (self.hosts * self.devices_per_host) as u32;
+        let mut devices: Vec<DeviceId> =
+            (0..all).step_by(self.device_stride).map(DeviceId).collect();
+        let count = devices.len();
         if self.reversed {
             devices.reverse();
         }
@@ -202,14 +207,22 @@ fn random_array() -> impl Strategy<Value = RandomArray> {
 }
 
 fn random_topology() -> impl Strategy<Value = RandomTopology> {
-    (1..=MAX_HOSTS, 1usize..=3, 0usize..4, any::<bool>()).prop_map(
-        |(hosts, devices_per_host, rows_choice, reversed)| RandomTopology {
-            hosts,
-            devices_per_host,
-            rows_choice,
-            reversed,
-        },
+    (
+        1..=MAX_HOSTS,
+        1usize..=3,
+        0usize..4,
+        any::<bool>(),
+        prop_oneof![3 => Just(1usize), 1 => 2usize..=3],
     )
+        .prop_map(
+            |(hosts, devices_per_host, rows_choice, reversed, device_stride)| RandomTopology {
+                hosts,
+                devices_per_host,
+                rows_choice,
+                reversed,
+                device_stride,
+            },
+        )
 }
 
 fn random_case() -> impl Strategy<Value = RandomCase> {
