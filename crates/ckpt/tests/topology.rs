@@ -4,10 +4,10 @@
 //! through the controller, in OCDBT and plain formats. It is restored bit
 //! for bit onto 1, 2, 3, 4 and 8 devices over several host counts, and onto
 //! a single device of a larger runtime, colocated and through the
-//! controller. Its metadata is read in a runtime of one device. A save of
-//! an array with a zero-size dimension fails and names the leaf. A property
-//! test saves random arrays on one random topology and restores them on
-//! another.
+//! controller. A runtime of one device restores it into host memory and
+//! reads its metadata. A save of an array with a zero-size dimension fails
+//! and names the leaf. A property test saves random arrays on one random
+//! topology and restores them on another.
 
 mod common;
 
@@ -448,6 +448,38 @@ fn saved_sharding_restores_across_host_counts() {
                     let expected_spec = found.spec().clone();
                     assert_array_restored(&controller, found, &expected_spec, array.seed, &context);
                 }
+            }
+        }
+    }
+}
+
+/// A runtime of one device restores the whole checkpoint into the
+/// controller's memory.
+#[test]
+fn host_target_restores_in_one_device_runtime() {
+    let (_dir, parent) = local_parent();
+    save_matrix(&parent);
+    let checkpointer = PyTreeCheckpointer::new(controller(1, 1));
+    for checkpoint in &MATRIX_CHECKPOINTS {
+        for colocated in [false, true] {
+            let context = format!("{} colocated {colocated}", checkpoint.name);
+            let args = PyTree::leaf(RestoreArgs::host().with_colocated(colocated));
+            let restored = checkpointer
+                .restore(
+                    &parent,
+                    checkpoint.name,
+                    PyTreeRestore::new().with_restore_args(args),
+                )
+                .unwrap_or_else(|error| panic!("{context}: restore: {error}"));
+            for array in matrix_arrays() {
+                let context = format!("{context} {}", array.path);
+                let Some(PyTree::Leaf(Leaf::HostArray(found))) = restored.get(&array.path) else {
+                    panic!("{context}: not restored as a host array");
+                };
+                assert_eq!(found.shape(), array.shape.as_slice(), "{context}: shape");
+                assert_eq!(found.dtype(), array.dtype, "{context}: dtype");
+                let expected = values(array.dtype, &array.shape, array.seed);
+                assert_eq!(found.bytes(), expected.as_slice(), "{context}: bytes");
             }
         }
     }
