@@ -103,7 +103,7 @@ pub use crate::{
     kvstore::KvStore,
     layout::{
         choose_chunk_shape, finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression,
-        StoredArray, DEFAULT_MAX_CHUNK_BYTES, OCDBT_PROCESS_PREFIX,
+        RegionRead, StoredArray, DEFAULT_MAX_CHUNK_BYTES, OCDBT_PROCESS_PREFIX,
     },
     local::LocalBackend,
     object::ObjectStoreBackend,
