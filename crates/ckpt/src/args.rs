@@ -63,6 +63,11 @@ pub struct RestoreArgs {
     /// Restore sharded arrays colocated: each host reads the boxes of its
     /// own devices from storage.
     pub colocated: bool,
+    /// Allow a target dtype that changes some stored values, such as
+    /// float32 to bfloat16 or float to int; values then convert as NumPy's
+    /// `astype` does (see [`ckpt_core::cast_elements`]). Casts that keep
+    /// every value are always allowed.
+    pub allow_lossy_cast: bool,
 }
 
 impl RestoreArgs {
@@ -71,6 +76,7 @@ impl RestoreArgs {
         RestoreArgs {
             target: RestoreTarget::Array(spec),
             colocated: false,
+            allow_lossy_cast: false,
         }
     }
 
@@ -79,12 +85,19 @@ impl RestoreArgs {
         RestoreArgs {
             target: RestoreTarget::Host,
             colocated: false,
+            allow_lossy_cast: false,
         }
     }
 
     /// Sets whether sharded arrays are restored colocated.
     pub fn with_colocated(mut self, colocated: bool) -> RestoreArgs {
         self.colocated = colocated;
+        self
+    }
+
+    /// Sets whether a cast to a target dtype that changes values is allowed.
+    pub fn with_lossy_cast(mut self, allow: bool) -> RestoreArgs {
+        self.allow_lossy_cast = allow;
         self
     }
 }
