@@ -89,8 +89,10 @@ pub(crate) fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     };
 
     let command = command_line(args);
-    let report = render(&results, &command, runs, args.quick)?;
     let path = root.join("docs/BENCHMARKS.md");
+    let mut report = render(&results, &command, runs, args.quick)?;
+    let previous = fs::read_to_string(&path).unwrap_or_default();
+    report.push_str(&other_sections(&previous));
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     println!("{report}");
     println!("bench: wrote {}", path.display());
@@ -329,6 +331,7 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
         &[Row { name: "ckpt restore onto 8x1", bytes: r.restore_8x1.bytes, seconds: &r.restore_8x1.seconds, reference_name: "ckpt restore onto 4x2", reference_bytes: r.restore.bytes, reference_seconds: &r.restore.seconds, target: Some((0.7, ">= 0.7x same-sharding restore")) }],
     )?;
 
+    render_restore_summary(&mut out, r)?;
     render_memory(&mut out, r)?;
 
     writeln!(out, "\n## Not measured yet\n")?;
@@ -343,6 +346,63 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
          compiled into xtask yet)."
     )?;
     Ok(out)
+}
+
+/// Headings of the sections that [`render`] writes; `docs/BENCHMARKS.md`
+/// keeps every other `## ` section, which other tasks write.
+const RENDERED_SECTIONS: [&str; 6] = [
+    "## ckpt against Python Orbax",
+    "## ckpt against the machine",
+    "## Restore onto another mesh",
+    "## Restore summary",
+    "## Peak memory",
+    "## Not measured yet",
+];
+
+/// Returns the `## ` sections of `previous` that [`render`] does not
+/// write, each preceded by a blank line.
+fn other_sections(previous: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in previous.lines() {
+        if line.starts_with("## ") {
+            keep = !RENDERED_SECTIONS.iter().any(|heading| line.starts_with(heading));
+            if keep {
+                out.push('\n');
+            }
+        } else if line.starts_with("# ") {
+            keep = false;
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes restore throughput and peak memory side by side for the
+/// same-sharding and the resharding restore of ckpt's default checkpoint.
+fn render_restore_summary(out: &mut String, r: &Results) -> Result<()> {
+    writeln!(out, "\n## Restore summary\n")?;
+    writeln!(
+        out,
+        "Both restore ckpt's default-format checkpoint colocated, each in its own process; \
+         peak extra is as in the next section, and its ratio divides it by the array bytes restored.\n"
+    )?;
+    writeln!(out, "| restore | GB/s | peak extra, MiB | peak extra / bytes restored |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (name, phase) in [("same sharding (4x2 onto 4x2)", &r.restore), ("resharding (4x2 onto 8x1)", &r.restore_8x1)] {
+        let extra = phase.peak_rss.saturating_sub(phase.rss_before);
+        writeln!(
+            out,
+            "| {name} | {:.2} | {:.0} | {:.2}x |",
+            rate(phase.bytes, Stats::of(&phase.seconds)),
+            extra as f64 / (1u64 << 20) as f64,
+            extra as f64 / phase.bytes.max(1) as f64
+        )?;
+    }
+    Ok(())
 }
 
 fn render_memory(out: &mut String, r: &Results) -> Result<()> {
@@ -454,6 +514,14 @@ mod tests {
     fn stats_even_count() {
         let stats = Stats::of(&[4.0, 1.0, 2.0, 3.0]);
         assert_eq!(stats.median, 2.5);
+    }
+
+    #[test]
+    fn other_sections_keeps_foreign_ones() {
+        let previous = "# Benchmarks\n\n## Peak memory\n\nold\n\n## S3 on loopback\n\nkept\n";
+        let kept = other_sections(previous);
+        assert!(kept.contains("## S3 on loopback\n\nkept"), "{kept}");
+        assert!(!kept.contains("old"), "{kept}");
     }
 
     #[test]
