@@ -1,13 +1,5 @@
 //! Element casts between dtypes, and the rule that tells widening casts
 //! from lossy ones.
-//!
-//! Values convert as NumPy's `astype` does (with `ml_dtypes` for bfloat16,
-//! int4 and the float8 types): integers wrap to the target width, floats
-//! round to nearest with ties to even, complex to real keeps the real part,
-//! and anything to bool tests for non-zero. Float to integer truncates
-//! toward zero; NumPy leaves NaN, infinities and out-of-range values
-//! undefined (x86 returns the minimum integer), so here NaN becomes 0 and
-//! the others saturate at the target's minimum or maximum.
 
 use crate::{CoreError, DType};
 
@@ -48,8 +40,20 @@ impl CastKind {
 /// Converts the elements of `src`, of dtype `from`, into `dst`, of dtype `to`.
 ///
 /// Both buffers hold the same number of elements in little-endian order.
-/// Lossy casts convert too, as the module documentation describes; check
-/// [`CastKind::of`] first where a lossy cast must be rejected.
+/// Values convert as NumPy's `astype` does, with `ml_dtypes` for bfloat16,
+/// int4 and the float8 types: integers wrap to the target width, floats
+/// and integers round to the nearest float with ties to even (once, even
+/// from int64), past the largest finite value to infinity, or to NaN for
+/// float8_e4m3fn, which has no infinity. Complex to real keeps the real
+/// part, and anything to bool tests for non-zero (NaN is true).
+///
+/// Float to integer truncates toward zero. NumPy leaves NaN, infinities
+/// and out-of-range values undefined there (x86 returns the minimum
+/// integer); here NaN becomes 0 and the others saturate at the target's
+/// minimum or maximum, so -1.0 becomes 0 in an unsigned type.
+///
+/// Lossy casts convert too; check [`CastKind::of`] first where a lossy
+/// cast must be rejected.
 ///
 /// # Errors
 ///
