@@ -365,9 +365,34 @@ fn render(results: &Results, command: &str, runs: usize, quick: bool) -> Result<
         &[Row { name: "ckpt restore onto 8x1", bytes: r.restore_8x1.bytes, seconds: &r.restore_8x1.seconds, reference_name: "ckpt restore onto 4x2", reference_bytes: r.restore.bytes, reference_seconds: &r.restore.seconds, target: Some((0.7, ">= 0.7x same-sharding restore")) }],
     )?;
 
+    render_restore_summary(&mut out, r)?;
     render_memory(&mut out, r)?;
 
     Ok(out)
+}
+
+/// Writes restore throughput and peak memory side by side for the
+/// same-sharding and the resharding restore of ckpt's default checkpoint.
+fn render_restore_summary(out: &mut String, r: &Results) -> Result<()> {
+    writeln!(out, "\n## Restore summary\n")?;
+    writeln!(
+        out,
+        "Both restore ckpt's default-format checkpoint colocated, each in its own process; \
+         peak extra is as in the next section, and its ratio divides it by the array bytes restored.\n"
+    )?;
+    writeln!(out, "| restore | GB/s | peak extra, MiB | peak extra / bytes restored |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (name, phase) in [("same sharding (4x2 onto 4x2)", &r.restore), ("resharding (4x2 onto 8x1)", &r.restore_8x1)] {
+        let extra = phase.peak_rss.saturating_sub(phase.rss_before);
+        writeln!(
+            out,
+            "| {name} | {:.2} | {:.0} | {:.2}x |",
+            rate(phase.bytes, Stats::of(&phase.seconds)),
+            extra as f64 / (1u64 << 20) as f64,
+            extra as f64 / phase.bytes.max(1) as f64
+        )?;
+    }
+    Ok(())
 }
 
 fn render_memory(out: &mut String, r: &Results) -> Result<()> {

@@ -104,6 +104,11 @@ pub struct RestoreArgs {
     /// The policy for a target of [`RestoreTarget::Saved`] when this
     /// runtime cannot use the saved sharding.
     pub missing_sharding: MissingSharding,
+    /// Allow a target dtype that changes some stored values, such as
+    /// float32 to bfloat16 or float to int; values then convert as NumPy's
+    /// `astype` does (see [`ckpt_core::cast_elements`]). Casts that keep
+    /// every value are always allowed.
+    pub allow_lossy_cast: bool,
 }
 
 impl RestoreArgs {
@@ -143,6 +148,12 @@ impl RestoreArgs {
     /// Sets what happens when the saved sharding cannot be used here.
     pub fn with_missing_sharding(mut self, policy: MissingSharding) -> RestoreArgs {
         self.missing_sharding = policy;
+        self
+    }
+
+    /// Sets whether a cast to a target dtype that changes values is allowed.
+    pub fn with_lossy_cast(mut self, allow: bool) -> RestoreArgs {
+        self.allow_lossy_cast = allow;
         self
     }
 }

@@ -41,6 +41,34 @@ impl ShardedArray {
     }
 }
 
+/// One array that a colocated restore reads, onto a target spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArrayRestore {
+    /// Its parameter name in the checkpoint item.
+    pub param_name: String,
+    /// The target shape, dtype and sharding.
+    pub spec: ArraySpec,
+    /// Allow a cast that changes values (see [`ckpt_core::CastKind`]).
+    pub allow_lossy_cast: bool,
+}
+
+impl ArrayRestore {
+    /// Restores `param_name` onto `spec`, allowing only casts that keep every value.
+    pub fn new(param_name: impl Into<String>, spec: ArraySpec) -> ArrayRestore {
+        ArrayRestore {
+            param_name: param_name.into(),
+            spec,
+            allow_lossy_cast: false,
+        }
+    }
+
+    /// Sets whether a cast that changes values is allowed.
+    pub fn with_lossy_cast(mut self, allow: bool) -> ArrayRestore {
+        self.allow_lossy_cast = allow;
+        self
+    }
+}
+
 /// The controller side of single-controller checkpointing.
 ///
 /// It turns array-level operations into per-host requests and counts the
@@ -247,7 +275,8 @@ impl Controller {
         Ok(shards)
     }
 
-    /// Asks each host to read its devices' boxes of each array from `item`.
+    /// Asks each host to read its devices' boxes of each array from `item`,
+    /// allowing only casts that keep every value.
     pub fn restore_colocated(
         &self,
         item: &Store,
@@ -255,24 +284,37 @@ impl Controller {
         use_zarr3: bool,
         targets: Vec<(String, ArraySpec)>,
     ) -> Result<Vec<ShardedArray>> {
+        let targets = targets
+            .into_iter()
+            .map(|(param_name, spec)| ArrayRestore::new(param_name, spec))
+            .collect();
+        self.restore_arrays(item, use_ocdbt, use_zarr3, targets)
+    }
+
+    /// Asks each host to read its devices' boxes of each array from `item`,
+    /// casting on the host where a target dtype differs from the stored one.
+    pub fn restore_arrays(
+        &self,
+        item: &Store,
+        use_ocdbt: Option<bool>,
+        use_zarr3: bool,
+        targets: Vec<ArrayRestore>,
+    ) -> Result<Vec<ShardedArray>> {
         let arrays: Vec<ShardedArray> = targets
             .iter()
-            .map(|(_, spec)| ShardedArray {
+            .map(|target| ShardedArray {
                 id: self.new_id(),
-                spec: spec.clone(),
-            })
-            .collect();
-        let items: Vec<RestoreItem> = arrays
-            .iter()
-            .zip(&targets)
-            .map(|(array, (param_name, _))| RestoreItem {
-                id: array.id,
-                param_name: param_name.clone(),
-                spec: array.spec.clone(),
+                spec: target.spec.clone(),
             })
             .collect();
         let mut per_host: BTreeMap<usize, Vec<RestoreItem>> = BTreeMap::new();
-        for (array, restore) in arrays.iter().zip(items) {
+        for (array, target) in arrays.iter().zip(targets) {
+            let restore = RestoreItem {
+                id: array.id,
+                param_name: target.param_name,
+                spec: array.spec.clone(),
+                allow_lossy_cast: target.allow_lossy_cast,
+            };
             for host in self.hosts_of(&array.spec) {
                 per_host.entry(host).or_default().push(restore.clone());
             }
@@ -291,6 +333,54 @@ impl Controller {
             .collect();
         self.call(calls)?;
         Ok(arrays)
+    }
+
+    /// Creates an array from boxes that the controller produces one host at
+    /// a time: `read_box` returns the bytes of one box, and each host's
+    /// distinct boxes are sent to it before the next host's are read.
+    ///
+    /// The controller so holds one host's boxes at a time, never the global
+    /// array, unless a single host holds all of it.
+    pub fn put_from_boxes<E>(
+        &self,
+        spec: ArraySpec,
+        mut read_box: impl FnMut(&IndexBox) -> std::result::Result<Bytes, E>,
+    ) -> std::result::Result<ShardedArray, E>
+    where
+        E: From<ColocatedError>,
+    {
+        // NOTE: a host's share is one message; splitting it into pieces of
+        // a fixed size needs a request that appends to a shard.
+        let id = self.new_id();
+        let topology = self.runtime.topology();
+        let slices = spec
+            .sharding
+            .devices_indices_map(&spec.shape)
+            .map_err(ColocatedError::from)?;
+        let mut per_host: BTreeMap<usize, Vec<IndexBox>> = BTreeMap::new();
+        for slice in slices {
+            let Some(host) = topology.host_of(slice.device) else {
+                continue;
+            };
+            let boxes = per_host.entry(host).or_default();
+            if !boxes.contains(&slice.index) {
+                boxes.push(slice.index);
+            }
+        }
+        for (host, boxes) in per_host {
+            let mut shards = Vec::with_capacity(boxes.len());
+            for index in boxes {
+                let bytes = read_box(&index)?;
+                shards.push((index, bytes));
+            }
+            let call = HostCall::PutArray {
+                id,
+                spec: spec.clone(),
+                source: PutSource::Shards(shards),
+            };
+            self.call(vec![(host, call)])?;
+        }
+        Ok(ShardedArray { id, spec })
     }
 
     /// Compares an array's shards on every host with a generator's values.

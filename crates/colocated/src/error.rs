@@ -56,6 +56,17 @@ pub enum ColocatedError {
         /// What does not match.
         reason: String,
     },
+    /// A restore whose target dtype would change some stored values, sent
+    /// without the opt-in that allows lossy casts.
+    #[error("restoring {param_name} as {target} from the stored {stored} is a lossy cast; allow lossy casts for it or restore it as {stored}")]
+    LossyCast {
+        /// The array's parameter name in the checkpoint item.
+        param_name: String,
+        /// The stored dtype.
+        stored: ckpt_core::DType,
+        /// The requested dtype.
+        target: ckpt_core::DType,
+    },
     /// An error of the device model.
     #[error(transparent)]
     Device(#[from] ckpt_device::DeviceError),

@@ -1,9 +1,9 @@
 use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use ckpt_core::{copy_region, num_bytes_usize, IndexBox};
+use ckpt_core::{copy_region, num_bytes_usize, CastKind, IndexBox};
 use ckpt_device::{Array, DeviceMemory, HostBuffer, HostDeviceBuffer, Shard, Topology};
-use ckpt_storage::{ArrayReader, ArrayWriter, ArrayFormat, Store};
+use ckpt_storage::{ArrayFormat, ArrayReader, ArrayWriter, RegionRead, Store};
 use tracing::debug;
 
 use crate::{
@@ -209,6 +209,9 @@ impl HostState {
         Ok(out)
     }
 
+    /// Reads the boxes of this host's devices for each item. Each distinct
+    /// box is read once, however many local devices hold it, and each
+    /// chunk once for all of them; replicas get copies of the box.
     fn restore_shards(
         &mut self,
         item: &Store,
@@ -221,18 +224,57 @@ impl HostState {
         for restore in items {
             let stored = reader.array(&restore.param_name)?;
             let spec = &restore.spec;
-            let slices = spec.sharding.devices_indices_map(&spec.shape)?;
-            let mut shards = Vec::new();
-            for slice in slices.into_iter().filter(|s| self.is_local(s.device)) {
-                let len = num_bytes_usize(&slice.index.shape(), spec.dtype)?;
-                let mut buffer = HostBuffer::zeroed(len)?;
-                reader.read_region(
-                    &restore.param_name,
-                    &stored,
-                    &slice.index,
-                    buffer.as_bytes_mut()?,
-                )?;
-                total += len as u64;
+            if !restore.allow_lossy_cast && !CastKind::of(stored.dtype, spec.dtype).is_exact() {
+                return Err(ColocatedError::LossyCast {
+                    param_name: restore.param_name.clone(),
+                    stored: stored.dtype,
+                    target: spec.dtype,
+                });
+            }
+            let slices: Vec<_> = spec
+                .sharding
+                .devices_indices_map(&spec.shape)?
+                .into_iter()
+                .filter(|slice| self.is_local(slice.device))
+                .collect();
+
+            let mut boxes: Vec<IndexBox> = Vec::new();
+            for slice in &slices {
+                if !boxes.contains(&slice.index) {
+                    boxes.push(slice.index.clone());
+                }
+            }
+            let mut buffers = Vec::with_capacity(boxes.len());
+            for index in &boxes {
+                buffers.push(HostBuffer::zeroed(num_bytes_usize(&index.shape(), spec.dtype)?)?);
+            }
+            let mut reads = Vec::with_capacity(boxes.len());
+            for (index, buffer) in boxes.iter().zip(&mut buffers) {
+                reads.push(RegionRead {
+                    region: index.clone(),
+                    dst: buffer.as_bytes_mut()?,
+                });
+            }
+            reader.read_regions(&restore.param_name, spec.dtype, &mut reads)?;
+            drop(reads);
+
+            let mut first_use: Vec<Option<HostBuffer>> = buffers.into_iter().map(Some).collect();
+            let mut shards = Vec::with_capacity(slices.len());
+            for slice in slices {
+                let position = boxes.iter().position(|index| *index == slice.index).unwrap_or(0);
+                let buffer = match first_use[position].take() {
+                    Some(buffer) => buffer,
+                    None => {
+                        let source = shards
+                            .iter()
+                            .find(|shard: &&Shard| *shard.index() == slice.index)
+                            .map(shard_bytes)
+                            .transpose()?
+                            .unwrap_or_default();
+                        HostBuffer::from_slice(&source)?
+                    }
+                };
+                total += buffer.len() as u64;
                 let buffer = self.memory.upload(slice.device, buffer)?;
                 shards.push(Shard::new(slice.device, slice.index, slice.replica_id, buffer));
             }

@@ -50,7 +50,7 @@ mod protocol;
 mod runtime;
 
 pub use crate::{
-    controller::{Controller, ShardedArray},
+    controller::{ArrayRestore, Controller, ShardedArray},
     error::{ColocatedError, Result},
     generate::Generator,
     grpc::{

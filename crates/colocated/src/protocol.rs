@@ -88,8 +88,12 @@ pub struct RestoreItem {
     pub id: ArrayId,
     /// Its parameter name in the checkpoint item.
     pub param_name: String,
-    /// The target shape, dtype and sharding.
+    /// The target shape, dtype and sharding. A dtype other than the
+    /// stored one is cast on the host as each chunk is read.
     pub spec: ArraySpec,
+    /// Allow a cast that changes values (see [`ckpt_core::CastKind`]);
+    /// without it the host rejects such a cast.
+    pub allow_lossy_cast: bool,
 }
 
 /// A request from the controller to one host.

@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod cast;
 mod dtype;
 mod element;
 mod error;
@@ -33,10 +34,11 @@ mod region;
 mod shape;
 
 pub use crate::{
+    cast::{cast_elements, CastKind},
     dtype::DType,
     element::Element,
     error::CoreError,
     index_box::{BoxIndices, ChunkGrid, IndexBox},
-    region::copy_region,
+    region::{copy_region, copy_region_cast},
     shape::{c_strides, num_bytes, num_bytes_usize, num_elements},
 };

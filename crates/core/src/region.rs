@@ -1,4 +1,4 @@
-use crate::{c_strides, CoreError, IndexBox};
+use crate::{c_strides, cast_elements, CoreError, DType, IndexBox};
 
 /// Copies the elements of `region` from one C-order buffer into another.
 ///
@@ -25,8 +25,63 @@ pub fn copy_region(
             });
         }
     }
+    let run_bytes_of = |elements: u64| elements as usize * item_size;
+    for_each_run(src_box, dst_box, region, |src_offset, dst_offset, run_elements| {
+        let (s, d, n) = (run_bytes_of(src_offset), run_bytes_of(dst_offset), run_bytes_of(run_elements));
+        dst[d..d + n].copy_from_slice(&src[s..s + n]);
+    });
+    Ok(())
+}
+
+/// Copies the elements of `region` from one C-order buffer into another of
+/// another dtype, converting each as [`cast_elements`] does.
+///
+/// The buffers and `region` are as in [`copy_region`], with `src` holding
+/// `from` elements and `dst` holding `to` elements. Lossy casts convert
+/// too; check [`crate::CastKind::of`] first where they must be rejected.
+pub fn copy_region_cast(
+    src: &[u8],
+    src_box: &IndexBox,
+    from: DType,
+    dst: &mut [u8],
+    dst_box: &IndexBox,
+    to: DType,
+    region: &IndexBox,
+) -> Result<(), CoreError> {
+    check_buffer(src.len(), src_box, from.item_size())?;
+    check_buffer(dst.len(), dst_box, to.item_size())?;
+    for buffer_box in [src_box, dst_box] {
+        if !buffer_box.contains(region) {
+            return Err(CoreError::RegionOutOfBounds {
+                region: region.to_string(),
+                buffer_box: buffer_box.to_string(),
+            });
+        }
+    }
+    let (src_size, dst_size) = (from.item_size(), to.item_size());
+    let mut result = Ok(());
+    for_each_run(src_box, dst_box, region, |src_offset, dst_offset, run_elements| {
+        if result.is_err() {
+            return;
+        }
+        let (s, n) = (src_offset as usize * src_size, run_elements as usize * src_size);
+        let (d, m) = (dst_offset as usize * dst_size, run_elements as usize * dst_size);
+        result = cast_elements(from, &src[s..s + n], to, &mut dst[d..d + m]);
+    });
+    result
+}
+
+/// Calls `copy(src_offset, dst_offset, run_elements)` for each run of
+/// elements of `region` that is contiguous in both buffers, with offsets in
+/// elements. The buffers must contain `region`; callers check that first.
+fn for_each_run(
+    src_box: &IndexBox,
+    dst_box: &IndexBox,
+    region: &IndexBox,
+    mut copy: impl FnMut(u64, u64, u64),
+) {
     if region.is_empty() {
-        return Ok(());
+        return;
     }
 
     let rank = region.rank();
@@ -46,7 +101,6 @@ pub fn copy_region(
             break;
         }
     }
-    let run_bytes = run_elements as usize * item_size;
 
     let src_strides = c_strides(&src_shape);
     let dst_strides = c_strides(&dst_shape);
@@ -61,14 +115,12 @@ pub fn copy_region(
     // Odometer over the outer dimensions, moving both offsets by their strides.
     let mut counter = vec![0u64; outer];
     loop {
-        let s = src_offset as usize * item_size;
-        let d = dst_offset as usize * item_size;
-        dst[d..d + run_bytes].copy_from_slice(&src[s..s + run_bytes]);
+        copy(src_offset, dst_offset, run_elements);
 
         let mut dim = outer;
         loop {
             if dim == 0 {
-                return Ok(());
+                return;
             }
             dim -= 1;
             counter[dim] += 1;
@@ -135,6 +187,18 @@ mod tests {
 
     fn ibox(start: &[u64], stop: &[u64]) -> IndexBox {
         IndexBox::new(start.to_vec(), stop.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn cast_copy_converts_region() {
+        // A 2x3 int16 array; its right column lands in an f32 buffer.
+        let whole = IndexBox::full(&[2, 3]);
+        let column = IndexBox::new(vec![0, 2], vec![2, 3]).unwrap();
+        let src: Vec<u8> = [1i16, 2, 3, 4, 5, -6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut dst = vec![0u8; 8];
+        copy_region_cast(&src, &whole, DType::Int16, &mut dst, &column, DType::Float32, &column).unwrap();
+        let values: Vec<f32> = dst.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(values, [3.0, -6.0]);
     }
 
     #[test]

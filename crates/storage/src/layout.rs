@@ -8,17 +8,17 @@
 //! so that readers find every key through the root.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
-use ckpt_core::{DType, IndexBox};
+use ckpt_core::{copy_region, copy_region_cast, num_bytes, CoreError, DType, IndexBox};
 
 use crate::{
     merge_databases,
     zarr::{ZarrArray, ZarrCompressor, ZarrV2Metadata},
     zarr3::{ZarrV3Array, ZarrV3Compressor, ZarrV3Metadata},
-    KvStore, OcdbtReader, OcdbtWriter, OcdbtWriterOptions, Result, Store,
+    KvStore, OcdbtReader, OcdbtWriter, OcdbtWriterOptions, Result, StorageError, Store,
 };
 
 /// Prefix of the per-writer OCDBT database directories inside an item.
@@ -382,12 +382,42 @@ impl AnyZarr {
         }
     }
 
-    fn read_region(&self, region: &IndexBox, dst: &mut [u8]) -> Result<()> {
+    fn read_chunk(&self, chunk_index: &[u64]) -> Result<Vec<u8>> {
         match self {
-            AnyZarr::V2(array) => array.read_region(region, dst),
-            AnyZarr::V3(array) => array.read_region(region, dst),
+            AnyZarr::V2(array) => array.read_chunk(chunk_index),
+            AnyZarr::V3(array) => array.read_chunk(chunk_index),
         }
     }
+
+    /// Decodes a chunk into `dst`: straight into it for zarr v2, through a
+    /// chunk buffer for v3, whose shards need the whole shard first.
+    fn read_chunk_into(&self, chunk_index: &[u64], dst: &mut [u8]) -> Result<()> {
+        match self {
+            AnyZarr::V2(array) => array.read_chunk_into(chunk_index, dst),
+            AnyZarr::V3(array) => {
+                let chunk = array.read_chunk(chunk_index)?;
+                if chunk.len() != dst.len() {
+                    return Err(CoreError::BufferSize {
+                        expected: chunk.len() as u64,
+                        found: dst.len() as u64,
+                    }
+                    .into());
+                }
+                dst.copy_from_slice(&chunk);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One region of an array to read, and the buffer it is read into: the
+/// region's elements in C order, in the dtype the read asks for.
+#[derive(Debug)]
+pub struct RegionRead<'a> {
+    /// The region, in the array's global coordinates.
+    pub region: IndexBox,
+    /// The buffer, exactly the region's size in the requested dtype.
+    pub dst: &'a mut [u8],
 }
 
 fn zarr_v2_metadata(array: &StoredArray, format: &ArrayFormat) -> Result<ZarrV2Metadata> {
@@ -464,14 +494,170 @@ impl ArrayReader {
         region: &IndexBox,
         dst: &mut [u8],
     ) -> Result<()> {
-        let _ = array;
-        self.zarr(param_name)?.read_region(region, dst)
+        let mut reads = [RegionRead {
+            region: region.clone(),
+            dst,
+        }];
+        self.read_regions(param_name, array.dtype, &mut reads)
     }
+
+    /// Reads several regions of an array, converting the elements to `dtype`.
+    ///
+    /// Each chunk that overlaps any region is read and decoded once, and
+    /// its overlap with every region is copied, so replicated or adjacent
+    /// regions cost one read per chunk. A zarr v2 chunk that is exactly one
+    /// region, with no conversion, decodes straight into that region's
+    /// buffer. Otherwise memory beyond the buffers is one decoded chunk and
+    /// its stored bytes at a time.
+    ///
+    /// Every cast converts, lossy ones too (see [`ckpt_core::cast_elements`]);
+    /// callers decide beforehand which casts to allow.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::InvalidRegion`] for a region outside the array,
+    /// [`CoreError::BufferSize`] for a buffer of the wrong size, and any
+    /// error of reading and decoding a chunk.
+    pub fn read_regions(
+        &self,
+        param_name: &str,
+        dtype: DType,
+        reads: &mut [RegionRead<'_>],
+    ) -> Result<()> {
+        let zarr = self.zarr(param_name)?;
+        let stored = zarr.stored();
+        for read in reads.iter() {
+            check_region_read(param_name, &stored, dtype, read)?;
+        }
+
+        let grid = zarr.chunk_grid();
+        let chunks: BTreeSet<Vec<u64>> = reads
+            .iter()
+            .flat_map(|read| grid.chunks_overlapping(&read.region))
+            .collect();
+        for chunk_index in chunks {
+            let chunk_box = grid.chunk_box(&chunk_index)?;
+            let users: Vec<usize> = (0..reads.len())
+                .filter(|&i| chunk_box.intersect(&reads[i].region).is_some())
+                .collect();
+            if let [only] = users[..] {
+                if reads[only].region == chunk_box && dtype == stored.dtype {
+                    zarr.read_chunk_into(&chunk_index, reads[only].dst)?;
+                    continue;
+                }
+            }
+            let chunk = zarr.read_chunk(&chunk_index)?;
+            for i in users {
+                let read = &mut reads[i];
+                let Some(overlap) = chunk_box.intersect(&read.region) else {
+                    continue;
+                };
+                if dtype == stored.dtype {
+                    copy_region(&chunk, &chunk_box, read.dst, &read.region, &overlap, dtype.item_size())?;
+                } else {
+                    copy_region_cast(&chunk, &chunk_box, stored.dtype, read.dst, &read.region, dtype, &overlap)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a read's region lies inside the array and its buffer holds
+/// exactly the region in `dtype`.
+fn check_region_read(
+    param_name: &str,
+    stored: &StoredArray,
+    dtype: DType,
+    read: &RegionRead<'_>,
+) -> Result<()> {
+    if read.region.rank() != stored.shape.len() {
+        return Err(CoreError::RankMismatch {
+            expected: stored.shape.len(),
+            found: read.region.rank(),
+        }
+        .into());
+    }
+    if !IndexBox::full(&stored.shape).contains(&read.region) {
+        return Err(StorageError::InvalidRegion {
+            array: param_name.to_owned(),
+            region: read.region.to_string(),
+            reason: format!("it reaches outside the array of shape {:?}", stored.shape),
+        });
+    }
+    let expected = num_bytes(&read.region.shape(), dtype)?;
+    if expected != read.dst.len() as u64 {
+        return Err(CoreError::BufferSize {
+            expected,
+            found: read.dst.len() as u64,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a 4x4 int16 array holding 0..16 in 2x2 chunks and opens a reader.
+    fn int16_item(format: &ArrayFormat) -> (ArrayReader, StoredArray) {
+        let store = Store::new(Arc::new(crate::ObjectStoreBackend::memory().unwrap()));
+        let stored = StoredArray {
+            shape: vec![4, 4],
+            dtype: DType::Int16,
+            chunk_shape: vec![2, 2],
+        };
+        let writer = ArrayWriter::open(&store, format, "0").unwrap();
+        writer.create_array("a", &stored).unwrap();
+        let data: Vec<u8> = (0..16i16).flat_map(|v| v.to_le_bytes()).collect();
+        writer.write_region("a", &stored, &IndexBox::full(&[4, 4]), &data).unwrap();
+        writer.finish().unwrap();
+        finalize_item(&store, format).unwrap();
+        let reader = ArrayReader::open(&store, Some(format.use_ocdbt)).unwrap();
+        (reader, stored)
+    }
+
+    #[test]
+    fn read_regions_casts_and_shares_chunks() {
+        for format in [ArrayFormat::default(), ArrayFormat::default().with_ocdbt(false).with_zarr3(true)] {
+            let (reader, _) = int16_item(&format);
+            let reader = reader.with_zarr3(format.use_zarr3);
+            let rows = IndexBox::new(vec![1, 0], vec![2, 4]).unwrap();
+            let mut first = vec![0u8; 16];
+            let mut second = vec![0u8; 16];
+            let mut reads = [
+                RegionRead { region: rows.clone(), dst: &mut first },
+                RegionRead { region: rows, dst: &mut second },
+            ];
+            reader.read_regions("a", DType::Float32, &mut reads).unwrap();
+            let values: Vec<f32> = first.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            assert_eq!(values, [4.0, 5.0, 6.0, 7.0]);
+            assert_eq!(first, second);
+        }
+    }
+
+    #[test]
+    fn read_region_decodes_whole_chunk() {
+        let (reader, stored) = int16_item(&ArrayFormat::default());
+        let chunk = IndexBox::new(vec![2, 2], vec![4, 4]).unwrap();
+        let mut dst = vec![0u8; 8];
+        reader.read_region("a", &stored, &chunk, &mut dst).unwrap();
+        let values: Vec<i16> = dst.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(values, [10, 11, 14, 15]);
+    }
+
+    #[test]
+    fn read_regions_rejects_outside_region() {
+        let (reader, _) = int16_item(&ArrayFormat::default());
+        let mut dst = vec![0u8; 10];
+        let mut reads = [RegionRead {
+            region: IndexBox::new(vec![0, 0], vec![5, 1]).unwrap(),
+            dst: &mut dst,
+        }];
+        let err = reader.read_regions("a", DType::Int16, &mut reads).unwrap_err();
+        assert!(matches!(err, StorageError::InvalidRegion { .. }), "{err}");
+    }
 
     #[test]
     fn chunk_shape_without_target_is_write_shape() {

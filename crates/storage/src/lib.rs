@@ -103,7 +103,7 @@ pub use crate::{
     kvstore::KvStore,
     layout::{
         choose_chunk_shape, finalize_item, ArrayFormat, ArrayReader, ArrayWriter, Compression,
-        StoredArray, DEFAULT_MAX_CHUNK_BYTES, OCDBT_PROCESS_PREFIX,
+        RegionRead, StoredArray, DEFAULT_MAX_CHUNK_BYTES, OCDBT_PROCESS_PREFIX,
     },
     local::LocalBackend,
     object::ObjectStoreBackend,
@@ -112,7 +112,7 @@ pub use crate::{
         OcdbtReader, OcdbtWriter, OcdbtWriterOptions,
     },
     open::{open_object_store, open_store, open_store_with},
-    options::{MultipartConfig, RetryConfig, StoreOptions, MIN_PART_SIZE},
+    options::{MultipartConfig, RangeReadConfig, RetryConfig, StoreOptions, MIN_PART_SIZE},
     registry::{register_backend, register_object_store, BackendFactory},
     retry::RetryBackend,
     store::Store,

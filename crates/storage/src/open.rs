@@ -198,7 +198,9 @@ fn split_query(location: &str, options: &StoreOptions) -> Result<(Url, Vec<(Stri
 fn open_cloud(location: &str, options: &StoreOptions) -> Result<Store> {
     let (store, path) = open_object_store(location, options)?;
     let root = root_url(location, path.as_ref());
-    let backend = ObjectStoreBackend::new(store, root)?.with_multipart(options.multipart);
+    let backend = ObjectStoreBackend::new(store, root)?
+        .with_multipart(options.multipart)
+        .with_range_reads(options.range_reads);
     Store::new(Arc::new(backend)).child_or_root(path.as_ref())
 }
 

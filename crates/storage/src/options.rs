@@ -176,6 +176,64 @@ impl MultipartConfig {
     }
 }
 
+/// How [`crate::ObjectStoreBackend`] reads a large byte range: as parts
+/// fetched by concurrent range requests.
+///
+/// The limit bounds the requests in flight for one read, not the memory:
+/// a read returns the whole range in one buffer either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeReadConfig {
+    part_size: usize,
+    max_concurrency: usize,
+}
+
+impl Default for RangeReadConfig {
+    /// Returns 8 MiB parts with at most 8 requests in flight per read.
+    fn default() -> RangeReadConfig {
+        // NOTE: a starting point, not a tuned choice. Parts of a few MiB
+        // keep each request's latency small against its transfer time.
+        RangeReadConfig {
+            part_size: 8 * 1024 * 1024,
+            max_concurrency: 8,
+        }
+    }
+}
+
+impl RangeReadConfig {
+    /// Creates a configuration that splits reads longer than `part_size`
+    /// bytes into parts, with at most `max_concurrency` requests in flight.
+    ///
+    /// Fails with [`StorageError::InvalidOption`] when either is zero.
+    pub fn new(part_size: usize, max_concurrency: usize) -> Result<RangeReadConfig> {
+        if part_size == 0 {
+            return Err(StorageError::InvalidOption {
+                option: "range read part size".to_owned(),
+                reason: "0 bytes: set at least 1".to_owned(),
+            });
+        }
+        if max_concurrency == 0 {
+            return Err(StorageError::InvalidOption {
+                option: "range read concurrency".to_owned(),
+                reason: "0 requests in flight: set at least 1".to_owned(),
+            });
+        }
+        Ok(RangeReadConfig {
+            part_size,
+            max_concurrency,
+        })
+    }
+
+    /// Size in bytes of every part except the last, which may be smaller.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// Maximum number of range requests in flight for one read.
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+}
+
 /// Options for opening a store by URL with [`crate::open_store_with`].
 ///
 /// `config` entries are object_store configuration keys and values, such
@@ -193,6 +251,8 @@ pub struct StoreOptions {
     pub retry: RetryConfig,
     /// Multipart uploads of large objects.
     pub multipart: MultipartConfig,
+    /// Concurrent range requests of large reads.
+    pub range_reads: RangeReadConfig,
 }
 
 impl StoreOptions {
@@ -211,6 +271,12 @@ impl StoreOptions {
     /// Sets when and how large objects are uploaded in parts.
     pub fn with_multipart(mut self, multipart: MultipartConfig) -> StoreOptions {
         self.multipart = multipart;
+        self
+    }
+
+    /// Sets how large reads are split into concurrent range requests.
+    pub fn with_range_reads(mut self, range_reads: RangeReadConfig) -> StoreOptions {
+        self.range_reads = range_reads;
         self
     }
 }
@@ -239,6 +305,12 @@ mod tests {
     fn multipart_threshold_below_part() {
         let err = MultipartConfig::new(MIN_PART_SIZE, MIN_PART_SIZE + 1, 1).unwrap_err();
         assert!(matches!(err, StorageError::InvalidOption { .. }), "{err}");
+    }
+
+    #[test]
+    fn range_reads_reject_zero() {
+        assert!(RangeReadConfig::new(0, 1).is_err());
+        assert!(RangeReadConfig::new(1, 0).is_err());
     }
 
     #[test]

@@ -197,6 +197,7 @@ where
         let root = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
         let backend = ObjectStoreBackend::new(store, root)?
             .with_multipart(options.multipart)
+            .with_range_reads(options.range_reads)
             .with_request_timeout(options.retry.request_timeout);
         Ok(Arc::new(backend) as Arc<dyn Backend>)
     })

@@ -1,9 +1,10 @@
 use std::collections::BTreeMap;
 
-use ckpt_colocated::{ArraySpec, ReplicaSlicing, SaveItem, ShardedArray};
-use ckpt_core::{num_bytes, num_bytes_usize, IndexBox};
+use bytes::Bytes;
+use ckpt_colocated::{ArrayRestore, ArraySpec, ReplicaSlicing, SaveItem, ShardedArray};
+use ckpt_core::{num_bytes, num_bytes_usize, CastKind, IndexBox};
 use ckpt_device::Sharding;
-use ckpt_storage::{choose_chunk_shape, StoredArray, DEFAULT_MAX_CHUNK_BYTES};
+use ckpt_storage::{choose_chunk_shape, RegionRead, StoredArray, DEFAULT_MAX_CHUNK_BYTES};
 use tracing::info;
 
 use super::ARRAY_VALUE_TYPE;
@@ -103,12 +104,14 @@ impl TypeHandler for ColocatedArrayHandler {
                 targets.push(None);
                 continue;
             }
-            targets.push(Some((entry.param_name.to_owned(), target_spec(context, entry)?)));
+            let restore = ArrayRestore::new(entry.param_name, target_spec(context, entry)?)
+                .with_lossy_cast(entry.args.allow_lossy_cast);
+            targets.push(Some(restore));
         }
-        let wanted: Vec<(String, ArraySpec)> = targets.iter().flatten().cloned().collect();
+        let wanted: Vec<ArrayRestore> = targets.iter().flatten().cloned().collect();
         let mut restored = context
             .controller
-            .restore_colocated(context.item, context.use_ocdbt, context.use_zarr3, wanted)?
+            .restore_arrays(context.item, context.use_ocdbt, context.use_zarr3, wanted)?
             .into_iter();
         let mut leaves = Vec::with_capacity(entries.len());
         for (entry, target) in entries.iter().zip(&targets) {
@@ -259,12 +262,21 @@ pub(crate) fn target_spec(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>
             }
         }
     };
-    if spec.shape != stored.shape || spec.dtype != stored.dtype {
+    if spec.shape != stored.shape {
         return Err(CkptError::InvalidRestore {
             key_path: entry.key_path.to_string(),
             reason: format!(
-                "the target is {} {:?} but the checkpoint holds {} {:?}; restore with the saved shape and dtype",
+                "the target is {} {:?} but the checkpoint holds {} {:?}; restore with the saved shape",
                 spec.dtype, spec.shape, stored.dtype, stored.shape
+            ),
+        });
+    }
+    if !entry.args.allow_lossy_cast && !CastKind::of(stored.dtype, spec.dtype).is_exact() {
+        return Err(CkptError::InvalidRestore {
+            key_path: entry.key_path.to_string(),
+            reason: format!(
+                "casting the stored {} to the target {} can change values; set RestoreArgs::with_lossy_cast(true) to allow it, or restore as {}",
+                stored.dtype, spec.dtype, stored.dtype
             ),
         });
     }
@@ -358,21 +370,32 @@ fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Res
     })
 }
 
-/// Reads a whole array on the controller and sends each host its boxes, or
-/// returns it as a host array when the target is host memory.
+/// Restores through the controller: it reads each host's boxes, converted
+/// to the target dtype, and sends them host by host; or it reads the whole
+/// array when the target is host memory.
 fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Leaf> {
     let stored = context.reader.array(entry.param_name)?;
-    let mut global = vec![0u8; num_bytes_usize(&stored.shape, stored.dtype)?];
-    context.reader.read_region(
-        entry.param_name,
-        &stored,
-        &IndexBox::full(&stored.shape),
-        &mut global,
-    )?;
     if restores_to_host(context, entry)? {
+        let mut global = vec![0u8; num_bytes_usize(&stored.shape, stored.dtype)?];
+        context.reader.read_region(
+            entry.param_name,
+            &stored,
+            &IndexBox::full(&stored.shape),
+            &mut global,
+        )?;
         let array = crate::HostArray::from_bytes(stored.shape.clone(), stored.dtype, global)?;
         return Ok(Leaf::HostArray(array));
     }
     let spec = target_spec(context, entry)?;
-    Ok(Leaf::Array(context.controller.put_global(spec, &global)?))
+    let dtype = spec.dtype;
+    let array = context.controller.put_from_boxes(spec, |index: &IndexBox| -> Result<Bytes> {
+        let mut bytes = vec![0u8; num_bytes_usize(&index.shape(), dtype)?];
+        let mut reads = [RegionRead {
+            region: index.clone(),
+            dst: &mut bytes,
+        }];
+        context.reader.read_regions(entry.param_name, dtype, &mut reads)?;
+        Ok(Bytes::from(bytes))
+    })?;
+    Ok(Leaf::Array(array))
 }

@@ -418,6 +418,7 @@ impl SpmdProcess<'_> {
                 id: saved_id(first_id + position),
                 param_name: array.name.clone(),
                 spec: spec(array),
+                allow_lossy_cast: false,
             })
             .collect();
         let call = HostCall::RestoreShards {

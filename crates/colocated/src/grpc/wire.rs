@@ -55,7 +55,7 @@ message SaveItem {
   uint64 id = 1; string param_name = 2; StoredArray stored = 3; bool create_metadata = 4;
   repeated uint64 write_shape = 5; ReplicaSlicing replica_slicing = 6;
 }
-message RestoreItem { uint64 id = 1; string param_name = 2; ArraySpec spec = 3; }
+message RestoreItem { uint64 id = 1; string param_name = 2; ArraySpec spec = 3; bool allow_lossy_cast = 4; }
 
 message PutGenerated { uint64 id = 1; ArraySpec spec = 2; uint64 seed = 3; }
 message SaveShards { string location = 1; Format format = 2; repeated SaveItem items = 3; }
@@ -250,6 +250,9 @@ pub(crate) struct WireRestoreItem {
     /// Target shape, dtype and sharding.
     #[prost(message, optional, tag = "3")]
     pub(crate) spec: Option<WireArraySpec>,
+    /// Whether a cast that changes values is allowed.
+    #[prost(bool, tag = "4")]
+    pub(crate) allow_lossy_cast: bool,
 }
 
 /// Creates an array whose values the worker generates.
@@ -650,6 +653,7 @@ pub(crate) fn restore_item_to_wire(item: &RestoreItem) -> Result<WireRestoreItem
         id: item.id.0,
         param_name: item.param_name.clone(),
         spec: Some(spec_to_wire(&item.spec)?),
+        allow_lossy_cast: item.allow_lossy_cast,
     })
 }
 
@@ -658,6 +662,7 @@ pub(crate) fn restore_item_from_wire(item: WireRestoreItem) -> Result<RestoreIte
         id: ArrayId(item.id),
         param_name: item.param_name,
         spec: spec_from_wire(item.spec)?,
+        allow_lossy_cast: item.allow_lossy_cast,
     })
 }
 

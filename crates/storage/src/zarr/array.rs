@@ -3,7 +3,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ckpt_core::{copy_region, num_bytes, CoreError, IndexBox};
 
-use super::codec::{allocate_chunk, decode_chunk, encode_chunk};
+use super::codec::{allocate_chunk, decode_chunk, decode_chunk_into, encode_chunk};
 use crate::{store::join_url, validate_key, KvStore, Result, StorageError, ZarrV2Metadata};
 
 /// Name of the metadata document inside a zarr v2 array's directory.
@@ -173,6 +173,36 @@ impl ZarrArray {
             ),
             None if self.missing_chunks == MissingChunks::Fill => {
                 allocate_chunk(expected, &self.kv.url(), &key)
+            }
+            None => Err(StorageError::NotFound {
+                store: self.kv.url(),
+                key,
+            }),
+        }
+    }
+
+    /// Reads and decodes one chunk into `dst`, which holds exactly one
+    /// chunk, without allocating a chunk buffer of its own.
+    ///
+    /// Fails as [`ZarrArray::read_chunk`] does, and with
+    /// [`CoreError::BufferSize`] when `dst` is not one chunk long.
+    pub fn read_chunk_into(&self, chunk_index: &[u64], dst: &mut [u8]) -> Result<()> {
+        let key = self.chunk_key(chunk_index)?;
+        let expected = self.metadata.chunk_num_bytes();
+        if dst.len() != expected {
+            return Err(CoreError::BufferSize {
+                expected: expected as u64,
+                found: dst.len() as u64,
+            }
+            .into());
+        }
+        match self.kv.read(&key)? {
+            Some(stored) => {
+                decode_chunk_into(self.metadata.compressor(), stored, dst, &self.kv.url(), &key)
+            }
+            None if self.missing_chunks == MissingChunks::Fill => {
+                dst.fill(0);
+                Ok(())
             }
             None => Err(StorageError::NotFound {
                 store: self.kv.url(),

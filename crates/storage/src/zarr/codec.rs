@@ -80,6 +80,49 @@ pub(crate) fn decode_chunk(
     }
 }
 
+/// Decodes a stored chunk straight into `dst`, which must be exactly the
+/// decoded chunk's size, so no second chunk-sized buffer is allocated.
+///
+/// Fails as [`decode_chunk`] does. A zstd frame of implausible ratio is
+/// decoded into a growing buffer first, as there, and then copied.
+pub(crate) fn decode_chunk_into(
+    compressor: Option<ZarrCompressor>,
+    stored: Bytes,
+    dst: &mut [u8],
+    store: &str,
+    key: &str,
+) -> Result<()> {
+    let expected = dst.len();
+    let corrupt = |reason: String| StorageError::Corrupt {
+        key: join_url(store, key),
+        reason,
+    };
+    match compressor {
+        Some(ZarrCompressor::Zstd { .. }) if plausible_size(stored.len(), expected) => {
+            let filled = decompress_into(&stored, dst)
+                .map_err(|error| corrupt(format!("invalid zstd data: {error}")))?;
+            match filled {
+                Filled::Exactly => Ok(()),
+                Filled::Short(found) => Err(corrupt(format!(
+                    "the chunk decompresses to {found} bytes, expected {expected} for its shape and dtype"
+                ))),
+                Filled::Over => Err(corrupt(format!(
+                    "the chunk decompresses to more than {expected} bytes, expected {expected} for its shape and dtype"
+                ))),
+            }
+        }
+        None if stored.len() == expected => {
+            dst.copy_from_slice(&stored);
+            Ok(())
+        }
+        _ => {
+            let chunk = decode_chunk(compressor, stored, expected, store, key)?;
+            dst.copy_from_slice(&chunk);
+            Ok(())
+        }
+    }
+}
+
 /// Allocates a zeroed chunk buffer, returning an error instead of aborting when memory is short.
 pub(crate) fn allocate_chunk(len: usize, store: &str, key: &str) -> Result<Vec<u8>> {
     let mut chunk = Vec::new();
@@ -184,6 +227,23 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn decode_into_fills_buffer() {
+        let chunk: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();
+        let stored = encode_chunk(ZSTD, &chunk, "mem", "x/0.0").unwrap();
+        let mut dst = vec![0u8; 1000];
+        decode_chunk_into(ZSTD, stored, &mut dst, "mem", "x/0.0").unwrap();
+        assert_eq!(dst, chunk);
+    }
+
+    #[test]
+    fn decode_into_rejects_short_frame() {
+        let stored = encode_chunk(ZSTD, &[1u8; 900], "mem", "x/0.0").unwrap();
+        let mut dst = vec![0u8; 1000];
+        let err = decode_chunk_into(ZSTD, stored, &mut dst, "mem", "x/0.0").unwrap_err();
+        assert!(err.to_string().contains("decompresses to 900 bytes"), "{err}");
     }
 
     #[test]
