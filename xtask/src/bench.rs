@@ -377,19 +377,22 @@ fn render_restore_summary(out: &mut String, r: &Results) -> Result<()> {
     writeln!(out, "\n## Restore summary\n")?;
     writeln!(
         out,
-        "Both restore ckpt's default-format checkpoint colocated, each in its own process; \
-         peak extra is as in the next section, and its ratio divides it by the array bytes restored.\n"
+        "Both restore ckpt's default-format checkpoint colocated, each in its own process. GB/s counts \
+         array bytes; peak extra is as in the next section, and the last column divides it by the \
+         bytes the restored shards hold on the devices.\n"
     )?;
-    writeln!(out, "| restore | GB/s | peak extra, MiB | peak extra / bytes restored |")?;
-    writeln!(out, "|---|---|---|---|")?;
+    writeln!(out, "| restore | GB/s | device bytes, MiB | peak extra, MiB | peak extra / device bytes |")?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     for (name, phase) in [("same sharding (4x2 onto 4x2)", &r.restore), ("resharding (4x2 onto 8x1)", &r.restore_8x1)] {
         let extra = phase.peak_rss.saturating_sub(phase.rss_before);
         writeln!(
             out,
-            "| {name} | {:.2} | {:.0} | {:.2}x |",
+            "| {name} | {:.2} | {:.0} | {:.0} | {:.2}x |",
             rate(phase.bytes, Stats::of(&phase.seconds)),
-            extra as f64 / (1u64 << 20) as f64,
-            extra as f64 / phase.bytes.max(1) as f64
+            mib(phase.device_bytes),
+            mib(extra),
+            extra as f64 / phase.device_bytes.max(1) as f64
         )?;
     }
     Ok(())
@@ -401,21 +404,27 @@ fn render_memory(out: &mut String, r: &Results) -> Result<()> {
         out,
         "Peak RSS is `VmHWM` of the process doing the work, reset through `/proc/self/clear_refs` just \
          before its warm-up run, minus its RSS at that moment. For a save the tree is already live at \
-         that moment, so the difference is memory beyond the live arrays; that RSS also contains what the untimed restore of Orbax's checkpoint, which loads the values, left in the allocator. For a restore it includes \
-         the restored arrays themselves, as the target counts them.\n"
+         that moment, so the difference is memory beyond the live arrays; that RSS also contains what \
+         the untimed restore of Orbax's checkpoint, which loads the values, left in the allocator. For a \
+         restore it includes the restored arrays themselves. Device bytes are what the restored shards \
+         hold on the 8 simulated devices: a shard replicated over 2 devices counts twice, as it would on \
+         real accelerators. The restore limit is 1.1x the device bytes + 64 MiB.\n"
     )?;
-    writeln!(out, "| phase | array bytes | RSS before, MiB | peak RSS, MiB | peak extra, MiB | limit, MiB | met |")?;
-    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| phase | array bytes, MiB | device bytes, MiB | RSS before, MiB | peak RSS, MiB | peak extra, MiB | limit, MiB | met |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
-    let restore_limit = |bytes: u64| bytes as f64 * 1.1 + (64u64 << 20) as f64;
+    let restore_limit = |phase: &PhaseResult| phase.device_bytes as f64 * 1.1 + (64u64 << 20) as f64;
     let rows: [(&str, &PhaseResult, Option<f64>); 11] = [
         ("ckpt save, default format", &r.save, Some(SAVE_BUDGET as f64)),
         ("ckpt save, compression off", &r.save_raw, Some(SAVE_BUDGET as f64)),
-        ("ckpt restore, default format", &r.restore, Some(restore_limit(r.restore.bytes))),
-        ("ckpt restore, compression off", &r.restore_raw, Some(restore_limit(r.restore_raw.bytes))),
-        ("ckpt restore onto 8x1", &r.restore_8x1, Some(restore_limit(r.restore_8x1.bytes))),
-        ("ckpt restore of Orbax's default checkpoint", &r.read_orbax, Some(restore_limit(r.read_orbax.bytes))),
-        ("ckpt restore of Orbax's uncompressed checkpoint", &r.read_orbax_raw, Some(restore_limit(r.read_orbax_raw.bytes))),
+        ("ckpt restore, default format", &r.restore, Some(restore_limit(&r.restore))),
+        ("ckpt restore, compression off", &r.restore_raw, Some(restore_limit(&r.restore_raw))),
+        ("ckpt restore onto 8x1", &r.restore_8x1, Some(restore_limit(&r.restore_8x1))),
+        ("ckpt restore of Orbax's default checkpoint", &r.read_orbax, Some(restore_limit(&r.read_orbax))),
+        ("ckpt restore of Orbax's uncompressed checkpoint", &r.read_orbax_raw, Some(restore_limit(&r.read_orbax_raw))),
         ("Orbax save, default format", &r.orbax_save, None),
         ("Orbax save, use_compression=False", &r.orbax_save_raw, None),
         ("Orbax restore, default format", &r.orbax_restore, None),
@@ -430,9 +439,14 @@ fn render_memory(out: &mut String, r: &Results) -> Result<()> {
             ),
             None => ("none".to_owned(), "-"),
         };
+        let device_text = if phase.device_bytes == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", mib(phase.device_bytes))
+        };
         writeln!(
             out,
-            "| {name} | {:.1} MiB | {:.0} | {:.0} | {:.0} | {limit_text} | {met} |",
+            "| {name} | {:.1} | {device_text} | {:.0} | {:.0} | {:.0} | {limit_text} | {met} |",
             mib(phase.bytes),
             mib(phase.rss_before),
             mib(phase.peak_rss),

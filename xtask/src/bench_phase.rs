@@ -36,6 +36,10 @@ const IO_BLOCK: usize = 64 << 20;
 pub(crate) struct PhaseResult {
     /// Array bytes saved or restored per run.
     pub(crate) bytes: u64,
+    /// Bytes the restored shards hold on their devices per run: the array
+    /// bytes times their replication. Zero for saves and for Orbax phases.
+    #[serde(default)]
+    pub(crate) device_bytes: u64,
     /// Duration of each timed run, after one warm-up run.
     pub(crate) seconds: Vec<f64>,
     /// Resident bytes just before the first run: the live tree for a save,
@@ -121,7 +125,10 @@ fn mesh(topology: &Topology, shape: MeshShape) -> Result<Mesh> {
 /// Builds colocated restore arguments for the tree that
 /// `python/bench_orbax.py` saves, on `mesh`, and returns them with the
 /// tree's array bytes. The layout must match that script's `leaf_specs`.
-fn restore_args(size: u64, mesh: &Mesh) -> (PyTree<RestoreArgs>, u64) {
+/// Returns the restore arguments of the model-like tree of about `size`
+/// bytes on `mesh`, its array bytes, and the bytes its shards hold on the
+/// devices (replicated shards count once per device).
+fn restore_args(size: u64, mesh: &Mesh) -> (PyTree<RestoreArgs>, u64, u64) {
     let embedding_bytes = VOCAB * HIDDEN * 4;
     let layer_bytes = HIDDEN * HIDDEN * (3 * 4 + 2 + 4 * 4 + 4 * 2) + 2 * HIDDEN * 4;
     let layers = (size.saturating_sub(embedding_bytes) / layer_bytes).max(1);
@@ -132,12 +139,20 @@ fn restore_args(size: u64, mesh: &Mesh) -> (PyTree<RestoreArgs>, u64) {
     let replicated = PartitionSpec::new(Vec::<Option<&str>>::new());
 
     let mut total = 0u64;
+    let mut on_devices = 0u64;
     let mut array = |shape: Vec<u64>, dtype: DType, spec: &PartitionSpec| {
         total += shape.iter().product::<u64>() * dtype.item_size() as u64;
         let sharding = Sharding::Named {
             mesh: mesh.clone(),
             spec: spec.clone(),
         };
+        let slices = sharding
+            .devices_indices_map(&shape)
+            .expect("the bench mesh shards every bench array");
+        on_devices += slices
+            .iter()
+            .map(|slice| slice.index.shape().iter().product::<u64>() * dtype.item_size() as u64)
+            .sum::<u64>();
         let spec = ArraySpec {
             shape,
             dtype,
@@ -177,7 +192,7 @@ fn restore_args(size: u64, mesh: &Mesh) -> (PyTree<RestoreArgs>, u64) {
         ("step", PyTree::leaf(RestoreArgs::default())),
         ("learning_rate", PyTree::leaf(RestoreArgs::default())),
     ]);
-    (tree, total)
+    (tree, total, on_devices)
 }
 
 fn restore(
@@ -210,7 +225,7 @@ fn drop_arrays(controller: &Controller, tree: &PyTree<Leaf>) -> Result<()> {
 fn restore_phase(dir: &Path, name: &str, size: u64, runs: usize, shape: MeshShape) -> Result<PhaseResult> {
     let (controller, topology) = cluster()?;
     let mesh = mesh(&topology, shape)?;
-    let (args, bytes) = restore_args(size, &mesh);
+    let (args, bytes, device_bytes) = restore_args(size, &mesh);
     let parent = open_store(&dir.display().to_string())?;
     let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
 
@@ -228,6 +243,7 @@ fn restore_phase(dir: &Path, name: &str, size: u64, runs: usize, shape: MeshShap
     }
     Ok(PhaseResult {
         bytes,
+        device_bytes,
         seconds,
         rss_before,
         peak_rss: proc_status_bytes("VmHWM")?,
@@ -240,7 +256,7 @@ fn restore_phase(dir: &Path, name: &str, size: u64, runs: usize, shape: MeshShap
 fn save_phase(dir: &Path, name: &str, compression: Compression, size: u64, runs: usize) -> Result<PhaseResult> {
     let (controller, topology) = cluster()?;
     let mesh = mesh(&topology, MeshShape::Same)?;
-    let (args, bytes) = restore_args(size, &mesh);
+    let (args, bytes, _) = restore_args(size, &mesh);
     let parent = open_store(&dir.display().to_string())?;
     let tree = restore(&PyTreeCheckpointer::new(Arc::clone(&controller)), &parent, "orbax-default", &args)?;
 
@@ -265,6 +281,7 @@ fn save_phase(dir: &Path, name: &str, compression: Compression, size: u64, runs:
     }
     Ok(PhaseResult {
         bytes,
+        device_bytes: 0,
         seconds,
         rss_before,
         peak_rss: proc_status_bytes("VmHWM")?,
@@ -384,7 +401,7 @@ mod tests {
     fn restore_args_bytes_for_1_gib() {
         let (_, topology) = cluster().expect("cluster");
         let mesh = mesh(&topology, MeshShape::Same).expect("mesh");
-        let (_, bytes) = restore_args(1 << 30, &mesh);
+        let (_, bytes, _) = restore_args(1 << 30, &mesh);
         // 32 MiB of embedding and 26 layers of 38 MiB + 8 KiB.
         let layer = 38 * (1 << 20) + 8 * 1024;
         assert_eq!(bytes, 32 * (1 << 20) + 26 * layer);
