@@ -1,5 +1,5 @@
-//! Element casts between dtypes, and the rule that tells widening casts
-//! from lossy ones.
+//! Element casts between dtypes, and the rule that separates widening
+//! casts from lossy ones.
 
 use crate::{CoreError, DType};
 
@@ -41,7 +41,7 @@ impl CastKind {
 ///
 /// Both buffers hold the same number of elements in little-endian order.
 /// Values convert as NumPy's `astype` does, with `ml_dtypes` for bfloat16,
-/// int4 and the float8 types: integers wrap to the target width, floats
+/// int4 and the float8 types. Integers wrap to the target width. Floats
 /// and integers round to the nearest float with ties to even (once, even
 /// from int64), past the largest finite value to infinity, or to NaN for
 /// float8_e4m3fn, which has no infinity. Complex to real keeps the real
@@ -156,7 +156,7 @@ fn keeps_every_value(from: Kind, to: Kind) -> bool {
 struct FloatFormat {
     exponent_bits: u32,
     mantissa_bits: u32,
-    /// No infinities; the all-ones exponent holds finite values except
+    /// No infinities: the all-ones exponent encodes finite values except
     /// for the all-ones mantissa, which is NaN (float8_e4m3fn).
     finite_only: bool,
 }
