@@ -119,7 +119,7 @@ impl TypeHandlerRegistry {
         let mut registry = TypeHandlerRegistry::empty();
         registry
             .handlers
-            .insert(LeafType::Array, Arc::new(ArrayHandler::default()));
+            .insert(LeafType::Array, Arc::new(ArrayHandler));
         registry
             .handlers
             .insert(LeafType::HostArray, Arc::new(HostArrayHandler));

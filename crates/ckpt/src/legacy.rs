@@ -92,12 +92,12 @@ impl<'a> Reader<'a> {
             0xc0 => Value::Nil,
             0xc2 => Value::Bool(false),
             0xc3 => Value::Bool(true),
-            0xc4 | 0xc5 | 0xc6 => {
+            0xc4..=0xc6 => {
                 let width = 1 << (marker - 0xc4);
                 let len = self.len(width)?;
                 Value::Bin(self.take(len)?.to_vec())
             }
-            0xc7 | 0xc8 | 0xc9 => {
+            0xc7..=0xc9 => {
                 let width = 1 << (marker - 0xc7);
                 let len = self.len(width)?;
                 let kind = self.byte()? as i8;
@@ -105,7 +105,7 @@ impl<'a> Reader<'a> {
             }
             0xca => Value::Float(f64::from(f32::from_bits(self.uint(4)? as u32))),
             0xcb => Value::Float(f64::from_bits(self.uint(8)?)),
-            0xcc | 0xcd | 0xce | 0xcf => Value::Int(i128::from(self.uint(1 << (marker - 0xcc))?)),
+            0xcc..=0xcf => Value::Int(i128::from(self.uint(1 << (marker - 0xcc))?)),
             0xd0 => Value::Int(i128::from(self.uint(1)? as u8 as i8)),
             0xd1 => Value::Int(i128::from(self.uint(2)? as u16 as i16)),
             0xd2 => Value::Int(i128::from(self.uint(4)? as u32 as i32)),
@@ -115,7 +115,7 @@ impl<'a> Reader<'a> {
                 let kind = self.byte()? as i8;
                 Value::Ext(kind, self.take(len)?.to_vec())
             }
-            0xd9 | 0xda | 0xdb => {
+            0xd9..=0xdb => {
                 let len = self.len(1 << (marker - 0xd9))?;
                 self.string(len)?
             }
