@@ -314,6 +314,10 @@ impl PyTreeRestore {
     }
 
     /// Restores only the leaves and subtrees at `key_paths`.
+    ///
+    /// With restore arguments as well, each key path must lie inside them:
+    /// a path that they leave out is an error unless the key match is
+    /// [`KeyMatch::Lenient`].
     pub fn with_key_paths(mut self, key_paths: impl IntoIterator<Item = KeyPath>) -> PyTreeRestore {
         self.key_paths = Some(key_paths.into_iter().collect());
         self

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ckpt_pytree::{KeyPath, PyTree};
+use ckpt_pytree::{Key, KeyPath, PyTree};
 use tracing::{debug, warn};
 
 use crate::{CkptError, KeyMatch, PyTreeRestore, RestoreArgs, Result};
@@ -80,10 +80,63 @@ pub(crate) fn select<T>(checkpoint: &PyTree<T>, request: &PyTreeRestore) -> Resu
             unexpected: Vec::new(),
         };
         check_mismatch(mismatch, request.key_match, "selected key paths")?;
+        check_paths_covered(checkpoint, &selection, &found, request.key_match)?;
         selection = filter_paths(selection, &mut KeyPath::root(), &found)
             .unwrap_or_else(|| empty_like(checkpoint));
     }
     Ok(selection)
+}
+
+/// Fails when a selected key path exists in the checkpoint but the restore
+/// arguments of a partial target leave it out, since the restore would then
+/// skip a key the caller named. [`KeyMatch::Lenient`] logs a warning instead.
+fn check_paths_covered<T>(
+    checkpoint: &PyTree<T>,
+    selection: &PyTree<Selected>,
+    found: &[KeyPath],
+    key_match: KeyMatch,
+) -> Result<()> {
+    let uncovered: Vec<String> = found
+        .iter()
+        .filter(|path| !covers(checkpoint, selection, path))
+        .map(KeyPath::to_string)
+        .collect();
+    let Some(first) = uncovered.first() else {
+        return Ok(());
+    };
+    if key_match == KeyMatch::Lenient {
+        warn!(
+            keys = %uncovered.join(", "),
+            "selected key paths lie outside the restore arguments; restoring without them"
+        );
+        return Ok(());
+    }
+    Err(CkptError::InvalidRestore {
+        key_path: first.clone(),
+        reason: format!(
+            "with_key_paths selects it but the restore arguments leave it out (selected paths outside them: {}); add it to the restore arguments or remove it from the key paths",
+            uncovered.join(", ")
+        ),
+    })
+}
+
+/// Returns whether `selection` restores something at `path`, or the
+/// checkpoint holds nothing there to restore.
+fn covers<T>(checkpoint: &PyTree<T>, selection: &PyTree<Selected>, path: &KeyPath) -> bool {
+    let mut node = selection;
+    for key in path {
+        let child = match (node, key) {
+            (PyTree::Leaf(_), _) => return true,
+            (PyTree::Dict(children), Key::Dict(name)) => children.get(name),
+            (PyTree::List(items) | PyTree::Tuple(items), Key::Index(index)) => items.get(*index),
+            _ => None,
+        };
+        let Some(child) = child else {
+            return false;
+        };
+        node = child;
+    }
+    !matches!(node, PyTree::None) || matches!(checkpoint.get(path), Some(PyTree::None))
 }
 
 /// Returns an empty node of the kind of `tree`'s root, the result of a

@@ -183,6 +183,33 @@ fn partial_target_skips_unselected_data() {
 }
 
 #[test]
+fn key_path_outside_target_names_key() {
+    let saved = save_checkpoint();
+    let controller = controller(4, 2);
+    let args = PyTree::dict([("params", PyTree::dict([("w", PyTree::leaf(RestoreArgs::default()))]))]);
+    let request = |key_match: KeyMatch| {
+        PyTreeRestore::new()
+            .with_restore_args(args.clone())
+            .with_key_match(key_match)
+            .with_keystr_paths(["['params']['w']", "['params']['b']", "['step']"])
+            .expect("valid key paths")
+    };
+    let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
+
+    let result = checkpointer.restore(&saved.parent, NAME, request(KeyMatch::Partial));
+    let message = error_text(result);
+    assert_contains(&message, &["['params']['b']", "['step']", "with_key_paths"]);
+    assert!(!message.contains("['params']['w']"), "{message}");
+
+    let restored = checkpointer
+        .restore(&saved.parent, NAME, request(KeyMatch::Lenient))
+        .expect("a lenient restore");
+    assert_eq!(restored.num_leaves(), 1);
+    let leaf = leaf_at(&restored, "['params']['w']");
+    assert_eq!(leaf_bytes(&controller, leaf), saved.bytes["['params']['w']"]);
+}
+
+#[test]
 fn strict_target_lists_every_key() {
     let saved = save_checkpoint();
     let default = || PyTree::leaf(RestoreArgs::default());
