@@ -121,7 +121,7 @@ fn check_paths_covered<T>(
 }
 
 /// Returns whether `selection` restores something at `path`, or the
-/// checkpoint holds nothing there to restore.
+/// checkpoint has nothing there to restore.
 fn covers<T>(checkpoint: &PyTree<T>, selection: &PyTree<Selected>, path: &KeyPath) -> bool {
     let mut node = selection;
     for key in path {
