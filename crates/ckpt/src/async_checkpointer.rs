@@ -37,6 +37,7 @@ pub struct AsyncCheckpointer {
     controller: Arc<Controller>,
     registry: TypeHandlerRegistry,
     format: ArrayFormat,
+    overwrite: bool,
     /// Restores with the caller's settings.
     reader: PyTreeCheckpointer,
     /// Writes the snapshots of background saves.
@@ -58,6 +59,7 @@ impl AsyncCheckpointer {
             controller,
             registry,
             format,
+            overwrite: false,
         }
     }
 
@@ -81,11 +83,20 @@ impl AsyncCheckpointer {
         self
     }
 
+    /// Sets whether a save replaces a committed checkpoint of the same
+    /// name, as [`PyTreeCheckpointer::with_overwrite`].
+    pub fn with_overwrite(mut self, overwrite: bool) -> AsyncCheckpointer {
+        self.overwrite = overwrite;
+        self.rebuild();
+        self
+    }
+
     fn rebuild(&mut self) {
         self.reader = PyTreeCheckpointer::new(Arc::clone(&self.controller))
             .with_registry(self.registry.clone())
             .with_format(self.format.clone());
-        self.writer = Arc::new(snapshot_writer(&self.controller, &self.registry, &self.format));
+        let writer = snapshot_writer(&self.controller, &self.registry, &self.format);
+        self.writer = Arc::new(writer.with_overwrite(self.overwrite));
     }
 
     /// Returns the limits on saves in flight.
@@ -97,12 +108,16 @@ impl AsyncCheckpointer {
     /// in the background.
     ///
     /// Returns a failure of an earlier background save first, without
-    /// starting this one. Fails at once when `name` is committed already or
-    /// a save of it is in flight, and waits while the [`AsyncOptions`]
-    /// limits are reached.
+    /// starting this one. Fails at once when a save of `name` is in flight
+    /// or, unless [`with_overwrite`](Self::with_overwrite) is set, when
+    /// `name` is committed already. Waits while the [`AsyncOptions`] limits
+    /// are reached.
     pub fn save(&self, parent: &Store, name: &str, args: impl Into<ItemSave>) -> Result<()> {
         self.background.take_error()?;
-        check_not_committed(parent, name)?;
+        check_name(name)?;
+        if !self.overwrite {
+            check_not_committed(parent, name)?;
+        }
         let checkpoint = parent.child(name)?.url().trim_end_matches('/').to_owned();
         let item = StagedItem::new(args.into())?;
 
@@ -178,7 +193,7 @@ pub(crate) fn snapshot_writer(
 
 /// Fails when the checkpoint `name` under `parent` is committed, and when
 /// `name` cannot name a checkpoint.
-fn check_not_committed(parent: &Store, name: &str) -> Result<()> {
+fn check_name(name: &str) -> Result<()> {
     if name.contains(TMP_SUFFIX) || name.ends_with('/') {
         return Err(StorageError::InvalidCheckpointName {
             name: name.to_owned(),
@@ -186,6 +201,10 @@ fn check_not_committed(parent: &Store, name: &str) -> Result<()> {
         }
         .into());
     }
+    Ok(())
+}
+
+fn check_not_committed(parent: &Store, name: &str) -> Result<()> {
     match open_committed(parent, name) {
         Ok(dir) => Err(StorageError::CheckpointExists { path: dir.url() }.into()),
         Err(StorageError::NotFound { .. } | StorageError::NotCommitted { .. }) => Ok(()),
@@ -200,7 +219,7 @@ fn commit_checkpoint(
     name: &str,
     item: &StagedItem,
 ) -> Result<()> {
-    let mut pending = PendingCheckpoint::begin(parent, name)?;
+    let mut pending = PendingCheckpoint::begin_with(parent, name, writer.commit_options())?;
     pending.metadata_mut().item_handlers = Some(ItemHandlers::Single(item.handler_name().to_owned()));
     if let Err(err) = item.write_files(writer, pending.store()) {
         if let Err(abort_err) = pending.abort() {

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use ckpt_colocated::Controller;
 use ckpt_pytree::{check_param_names, param_name, KeyPath, PyTree, TreeMetadata, ValueMetadata};
 use ckpt_storage::{
-    finalize_item, open_committed, ArrayFormat, ArrayReader, ArrayWriter, ItemHandlers,
-    PendingCheckpoint, Store,
+    finalize_item, open_committed, ArrayFormat, ArrayReader, ArrayWriter, CommitOptions,
+    ItemHandlers, PendingCheckpoint, Store,
 };
 use tracing::{info, warn};
 
@@ -53,6 +53,7 @@ pub struct PyTreeCheckpointer {
     registry: TypeHandlerRegistry,
     format: ArrayFormat,
     replica_parallel: bool,
+    overwrite: bool,
 }
 
 impl PyTreeCheckpointer {
@@ -64,7 +65,25 @@ impl PyTreeCheckpointer {
             registry: crate::global_registry(),
             format: ArrayFormat::default(),
             replica_parallel: true,
+            overwrite: false,
         }
+    }
+
+    /// Sets whether a save replaces a committed checkpoint of the same name
+    /// (Orbax's `force=True`). Off by default, so such a save fails with
+    /// [`ckpt_storage::StorageError::CheckpointExists`].
+    ///
+    /// On a store that renames, the old checkpoint stays until the new one
+    /// is written. On an object store the new one is written in its place,
+    /// so the old one is deleted when the save begins.
+    pub fn with_overwrite(mut self, overwrite: bool) -> PyTreeCheckpointer {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Returns the commit options of this checkpointer's saves.
+    pub(crate) fn commit_options(&self) -> CommitOptions {
+        CommitOptions::default().overwrite(self.overwrite)
     }
 
     /// Sets whether the replicas of a replicated shard share writing it, each
@@ -120,7 +139,7 @@ impl PyTreeCheckpointer {
         let save_args = broadcast_args(&args.item, args.save_args.as_ref())?;
 
         let before = self.controller.array_bytes();
-        let mut pending = PendingCheckpoint::begin(parent, name)?;
+        let mut pending = PendingCheckpoint::begin_with(parent, name, self.commit_options())?;
         pending.metadata_mut().item_handlers = Some(ItemHandlers::Single(handler_name.to_owned()));
         let result = self.write_item(pending.store(), &args, &flat, &save_args);
         if let Err(err) = result {
@@ -492,6 +511,14 @@ impl StandardCheckpointer {
     pub fn with_replica_parallel(self, replica_parallel: bool) -> StandardCheckpointer {
         StandardCheckpointer {
             inner: self.inner.with_replica_parallel(replica_parallel),
+        }
+    }
+
+    /// Sets whether a save replaces a committed checkpoint of the same
+    /// name, as [`PyTreeCheckpointer::with_overwrite`].
+    pub fn with_overwrite(self, overwrite: bool) -> StandardCheckpointer {
+        StandardCheckpointer {
+            inner: self.inner.with_overwrite(overwrite),
         }
     }
 

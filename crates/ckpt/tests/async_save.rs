@@ -51,6 +51,27 @@ fn save_then_mutate_keeps_saved_values() {
 }
 
 #[test]
+fn overwrite_replaces_committed_checkpoint() {
+    let controller = controller();
+    let array = sharded_array(&controller, &values(32, 1.0));
+    let backend = TestBackend::memory();
+    let parent = backend.store();
+    let checkpointer = AsyncCheckpointer::new(Arc::clone(&controller));
+    checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree(&array, 1))).unwrap();
+    checkpointer.wait_until_finished().unwrap();
+
+    let err = checkpointer.save(&parent, "ckpt", PyTreeSave::new(tree(&array, 2))).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    let overwriting = AsyncCheckpointer::new(Arc::clone(&controller)).with_overwrite(true);
+    overwriting.save(&parent, "ckpt", PyTreeSave::new(tree(&array, 2))).unwrap();
+    overwriting.wait_until_finished().unwrap();
+    let restored = overwriting.restore(&parent, "ckpt", PyTreeRestore::new()).unwrap();
+    assert_eq!(restored_count(&restored), Some(2));
+    assert_eq!(list_committed(&parent).unwrap(), ["ckpt"]);
+}
+
+#[test]
 fn write_failure_surfaces_on_wait() {
     let controller = controller();
     let array = sharded_array(&controller, &values(32, 1.0));

@@ -703,6 +703,34 @@ fn local_store_commits_by_rename() {
     );
 }
 
+/// Saves, as `ckpt`, a one-leaf tree whose host array contains `seed`'s values.
+fn save_seeded(checkpointer: &PyTreeCheckpointer, parent: &Store, seed: u64) -> ckpt::Result<()> {
+    let tree = PyTree::dict([("w", PyTree::leaf(Leaf::HostArray(host_array(DType::Int32, &[3, 4], seed))))]);
+    checkpointer.save(parent, "ckpt", PyTreeSave::new(tree)).map(|_| ())
+}
+
+#[test]
+fn overwrite_replaces_committed_checkpoint() {
+    let (_dir, local) = local_parent();
+    for (store, parent) in [("local", local), ("memory", memory_parent())] {
+        let checkpointer = PyTreeCheckpointer::new(controller(2, 1));
+        save_seeded(&checkpointer, &parent, 1).expect("the first save");
+
+        let error = save_seeded(&checkpointer, &parent, 2).expect_err("a second save without overwrite");
+        let message = error.to_string();
+        assert!(message.contains("already exists"), "{store}: {message}");
+        assert!(message.contains("overwrite"), "{store}: {message}");
+        let previous = restore_all(&checkpointer, &parent, "ckpt", RestoreArgs::default());
+        assert_eq!(previous, PyTree::dict([("w", PyTree::leaf(Leaf::HostArray(host_array(DType::Int32, &[3, 4], 1))))]), "{store}");
+
+        let overwriting = PyTreeCheckpointer::new(controller(2, 1)).with_overwrite(true);
+        save_seeded(&overwriting, &parent, 2).expect("a save with overwrite");
+        let replaced = restore_all(&checkpointer, &parent, "ckpt", RestoreArgs::default());
+        assert_eq!(replaced, PyTree::dict([("w", PyTree::leaf(Leaf::HostArray(host_array(DType::Int32, &[3, 4], 2))))]), "{store}");
+        assert_eq!(list_committed(&parent).expect("list"), vec!["ckpt".to_owned()], "{store}");
+    }
+}
+
 #[test]
 fn checkpoint_metadata_records_handler() {
     let (_dir, parent) = local_parent();

@@ -125,7 +125,7 @@ pub enum StorageError {
         reason: String,
     },
     /// A committed checkpoint that a save would replace.
-    #[error("checkpoint {path} already exists: save under another name, delete it first, or set the overwrite option")]
+    #[error("checkpoint {path} already exists: save under another name, delete it first, or allow overwriting it (with_overwrite(true) on a checkpointer, CommitOptions::overwrite in ckpt-storage)")]
     CheckpointExists {
         /// The checkpoint directory.
         path: String,
