@@ -356,6 +356,27 @@ fn huge_shape_fails_digests() {
     assert_contains(&message, &["w/0.0", "corrupt"]);
 }
 
+/// A host array's `.zarray` may claim more bytes than any machine has. The
+/// restore then fails naming the size instead of aborting on the allocation.
+#[test]
+fn huge_host_shape_fails_restore() {
+    let (dir, parent, controller) = saved_plain_checkpoint();
+    edit_file(&checkpoint_file(&dir, "h/.zarray"), "\"shape\":[3]", "\"shape\":[1152921504606846976]");
+
+    let checkpointer = PyTreeCheckpointer::new(Arc::clone(&controller));
+    let restored = checkpointer.restore(&parent, "ckpt", PyTreeRestore::new());
+    assert_contains(
+        &error_text(restored, "restore"),
+        &["cannot allocate", "4611686018427387904 bytes", "[1152921504606846976]"],
+    );
+
+    let to_host = PyTreeRestore::new().with_restore_args(PyTree::dict([("w", PyTree::leaf(RestoreArgs::host()))]));
+    edit_file(&checkpoint_file(&dir, "w/.zarray"), "\"shape\":[4,2]", "\"shape\":[1152921504606846976,2]");
+    let partial = to_host.with_partial_restore(true);
+    let restored = checkpointer.restore(&parent, "ckpt", partial);
+    assert_contains(&error_text(restored, "host restore"), &["cannot allocate", "[1152921504606846976, 2]"]);
+}
+
 // Hosts that fail during a save.
 
 /// Returns the restored bytes of `w` and the restored host array `h`.

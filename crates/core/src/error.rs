@@ -48,6 +48,14 @@ pub enum CoreError {
         /// Bytes present.
         found: u64,
     },
+    /// A buffer for an array that the allocator could not provide.
+    #[error("cannot allocate {bytes} bytes for an array of shape {shape:?}: not enough memory; check the shape, or restore the array onto a sharding over more devices")]
+    AllocationFailed {
+        /// The array's shape.
+        shape: Vec<u64>,
+        /// The bytes requested.
+        bytes: u64,
+    },
     /// A chunk shape with a zero extent, or with a rank other than the array's.
     #[error("invalid chunk shape {chunk_shape:?} for array shape {shape:?}: every extent must be at least 1")]
     InvalidChunkShape {

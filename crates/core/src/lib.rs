@@ -40,5 +40,5 @@ pub use crate::{
     error::CoreError,
     index_box::{BoxIndices, ChunkGrid, IndexBox},
     region::{copy_region, copy_region_cast},
-    shape::{c_strides, num_bytes, num_bytes_usize, num_elements},
+    shape::{c_strides, num_bytes, num_bytes_usize, num_elements, zeroed_bytes},
 };

@@ -29,6 +29,18 @@ pub fn num_bytes_usize(shape: &[u64], dtype: DType) -> Result<usize, CoreError> 
     })
 }
 
+/// Allocates a zeroed buffer for an array of `shape` and `dtype`.
+///
+/// A shape read from a file can claim more bytes than the machine has, so
+/// a failed allocation is an error here instead of an abort.
+pub fn zeroed_bytes(shape: &[u64], dtype: DType) -> Result<Vec<u8>, CoreError> {
+    let len = num_bytes_usize(shape, dtype)?;
+    bytemuck::allocation::try_zeroed_vec(len).map_err(|()| CoreError::AllocationFailed {
+        shape: shape.to_vec(),
+        bytes: len as u64,
+    })
+}
+
 /// Returns the C-order strides of `shape`, in elements.
 ///
 /// Callers check the element count with [`num_elements`] first; the strides
@@ -44,6 +56,26 @@ pub fn c_strides(shape: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeroed_bytes_allocates_zeros() {
+        let bytes = zeroed_bytes(&[3, 2], DType::Float32).expect("24 bytes");
+        assert_eq!(bytes, vec![0u8; 24]);
+    }
+
+    #[test]
+    fn zeroed_bytes_too_large_fails() {
+        // 2^62 bytes is more than any machine's address space provides.
+        let shape = [1u64 << 60, 4];
+        let error = zeroed_bytes(&shape, DType::UInt8).expect_err("an impossible allocation");
+        assert_eq!(
+            error,
+            CoreError::AllocationFailed {
+                shape: shape.to_vec(),
+                bytes: 1 << 62
+            }
+        );
+    }
 
     #[test]
     fn scalar_has_one_element() {

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ckpt_colocated::{ArrayRestore, ArraySpec, ReplicaSlicing, SaveItem, ShardedArray};
-use ckpt_core::{num_bytes, num_bytes_usize, CastKind, IndexBox};
+use ckpt_core::{num_bytes, zeroed_bytes, CastKind, IndexBox};
 use ckpt_device::Sharding;
 use ckpt_storage::{choose_chunk_shape, RegionRead, StoredArray, DEFAULT_MAX_CHUNK_BYTES};
 use tracing::info;
@@ -376,7 +376,7 @@ fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Res
 fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Leaf> {
     let stored = context.reader.array(entry.param_name)?;
     if restores_to_host(context, entry)? {
-        let mut global = vec![0u8; num_bytes_usize(&stored.shape, stored.dtype)?];
+        let mut global = zeroed_bytes(&stored.shape, stored.dtype)?;
         context.reader.read_region(
             entry.param_name,
             &stored,
@@ -389,7 +389,7 @@ fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry
     let spec = target_spec(context, entry)?;
     let dtype = spec.dtype;
     let array = context.controller.put_from_boxes(spec, |index: &IndexBox| -> Result<Bytes> {
-        let mut bytes = vec![0u8; num_bytes_usize(&index.shape(), dtype)?];
+        let mut bytes = zeroed_bytes(&index.shape(), dtype)?;
         let mut reads = [RegionRead {
             region: index.clone(),
             dst: &mut bytes,

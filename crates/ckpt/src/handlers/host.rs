@@ -1,4 +1,4 @@
-use ckpt_core::{num_bytes_usize, IndexBox};
+use ckpt_core::{zeroed_bytes, IndexBox};
 use ckpt_storage::StoredArray;
 
 use super::{HOST_ARRAY_VALUE_TYPE, SCALAR_VALUE_TYPE};
@@ -137,7 +137,7 @@ fn write_whole(
 /// Reads a whole stored array into the controller's memory.
 pub(crate) fn read_whole(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<HostArray> {
     let stored = context.reader.array(entry.param_name)?;
-    let mut bytes = vec![0u8; num_bytes_usize(&stored.shape, stored.dtype)?];
+    let mut bytes = zeroed_bytes(&stored.shape, stored.dtype)?;
     context.reader.read_region(
         entry.param_name,
         &stored,
