@@ -2,8 +2,8 @@
 //!
 //! Installs what the tests need (the Python virtualenv with real Orbax,
 //! TensorStore and the S3 server used by the storage tests), runs every
-//! crate's tests, the interop checks against Python Orbax, and a small run
-//! of the demo.
+//! crate's tests, the examples, the interop checks against Python Orbax,
+//! and a small run of the demo.
 
 use std::{path::Path, process::Command};
 
@@ -31,6 +31,18 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         .with_context(|| format!("running {cargo} test --doc"))?;
     if !status.success() {
         bail!("cargo test --doc failed ({status})");
+    }
+
+    // The examples check their own results and fail when one differs.
+    for example in ["colocated", "restore"] {
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["run", "--quiet", "-p", "ckpt", "--example", example])
+            .status()
+            .with_context(|| format!("running {cargo} run --example {example}"))?;
+        if !status.success() {
+            bail!("example {example} failed ({status})");
+        }
     }
 
     interop::run(root)?;
