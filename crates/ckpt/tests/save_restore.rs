@@ -1150,7 +1150,7 @@ fn random_case() -> impl Strategy<Value = RandomCase> {
 fn random_mesh(case: &RandomCase) -> Mesh {
     let count = case.hosts * case.devices_per_host;
     let devices: Vec<DeviceId> = (0..count as u32).map(DeviceId).collect();
-    let divisors: Vec<usize> = (1..=count).filter(|d| count % d == 0).collect();
+    let divisors: Vec<usize> = (1..=count).filter(|d| count.is_multiple_of(*d)).collect();
     match case.mesh_choice {
         0 => Mesh::new(vec![count], vec!["x"], devices),
         choice => {

@@ -692,7 +692,7 @@ impl RandomTopology {
             devices.reverse();
         }
         let count = devices.len();
-        let divisors: Vec<usize> = (1..=count).filter(|d| count % d == 0).collect();
+        let divisors: Vec<usize> = (1..=count).filter(|d| count.is_multiple_of(*d)).collect();
         mesh(devices, divisors[self.rows_choice % divisors.len()])
     }
 }

@@ -154,7 +154,7 @@ impl RandomTopology {
         if self.reversed {
             devices.reverse();
         }
-        let divisors: Vec<usize> = (1..=count).filter(|d| count % d == 0).collect();
+        let divisors: Vec<usize> = (1..=count).filter(|d| count.is_multiple_of(*d)).collect();
         let rows = divisors[self.rows_choice % divisors.len()];
         Mesh::new(vec![rows, count / rows], vec!["x", "y"], devices).expect("a valid mesh")
     }

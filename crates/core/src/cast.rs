@@ -66,7 +66,7 @@ pub fn cast_elements(from: DType, src: &[u8], to: DType, dst: &mut [u8]) -> Resu
         expected: u64::MAX,
         found: dst.len() as u64,
     })?;
-    if src.len() % src_size != 0 {
+    if !src.len().is_multiple_of(src_size) {
         return Err(CoreError::BufferSize {
             expected: (count * src_size) as u64,
             found: src.len() as u64,

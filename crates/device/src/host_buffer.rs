@@ -146,7 +146,7 @@ fn zeroed_blocks(len: usize) -> Result<Vec<Block>, DeviceError> {
 /// Checks that `bytes` is a whole number of `T`, so a cast can fail only on alignment.
 fn check_view<T: Pod>(bytes: &[u8]) -> Result<(), DeviceError> {
     let item_size = size_of::<T>();
-    if item_size == 0 || bytes.len() % item_size != 0 {
+    if item_size == 0 || !bytes.len().is_multiple_of(item_size) {
         return Err(DeviceError::ViewSize {
             len: bytes.len(),
             item_size,

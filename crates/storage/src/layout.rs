@@ -304,7 +304,7 @@ fn divisors_of(n: u64) -> Vec<u64> {
     let mut large = Vec::new();
     let mut i = 1u64;
     while i.saturating_mul(i) <= n {
-        if n % i == 0 {
+        if n.is_multiple_of(i) {
             small.push(i);
             if i != n / i {
                 large.push(n / i);

@@ -268,7 +268,7 @@ impl CheckpointManager {
             return should_save(step, last);
         }
         last.is_none()
-            || step % self.options.save_interval_steps.get() == 0
+            || step.is_multiple_of(self.options.save_interval_steps.get())
             || self.options.save_on_steps.contains(&step)
     }
 
