@@ -207,19 +207,6 @@ fn restore(
         .with_context(|| format!("restoring {name}"))
 }
 
-fn drop_arrays(controller: &Controller, tree: &PyTree<Leaf>) -> Result<()> {
-    let arrays: Vec<_> = tree
-        .leaves()
-        .into_iter()
-        .filter_map(|leaf| match leaf {
-            Leaf::Array(array) => Some(array),
-            _ => None,
-        })
-        .collect();
-    controller.drop_arrays(&arrays)?;
-    Ok(())
-}
-
 /// Restores checkpoint `name` onto `shape` once to warm up and `runs` times
 /// timed, dropping each restored tree before the next run.
 fn restore_phase(dir: &Path, name: &str, size: u64, runs: usize, shape: MeshShape) -> Result<PhaseResult> {
@@ -236,7 +223,7 @@ fn restore_phase(dir: &Path, name: &str, size: u64, runs: usize, shape: MeshShap
         let started = Instant::now();
         let tree = restore(&checkpointer, &parent, name, &args)?;
         let elapsed = started.elapsed().as_secs_f64();
-        drop_arrays(&controller, &tree)?;
+        crate::demo::drop_arrays(&controller, &tree)?;
         if run > 0 {
             seconds.push(elapsed);
         }

@@ -132,7 +132,12 @@ fn run_path(
 
     verify(controller, model, &restored)
         .with_context(|| format!("verifying the {name} round trip"))?;
-    let arrays: Vec<_> = restored
+    drop_arrays(controller, &restored)
+}
+
+/// Frees the device memory of every sharded array in `tree`.
+pub(crate) fn drop_arrays(controller: &Controller, tree: &PyTree<Leaf>) -> Result<()> {
+    let arrays: Vec<_> = tree
         .leaves()
         .into_iter()
         .filter_map(|leaf| match leaf {
