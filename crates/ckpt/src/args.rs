@@ -104,10 +104,10 @@ pub struct RestoreArgs {
     /// The policy for a target of [`RestoreTarget::Saved`] when this
     /// runtime cannot use the saved sharding.
     pub missing_sharding: MissingSharding,
-    /// Allow a target dtype that changes some stored values, such as
-    /// float32 to bfloat16 or float to int; values then convert as NumPy's
-    /// `astype` does (see [`ckpt_core::cast_elements`]). Casts that keep
-    /// every value are always allowed.
+    /// Whether a target dtype may change some stored values, as float32 to
+    /// bfloat16 or float to int do. Values then convert as NumPy's `astype`
+    /// does (see [`ckpt_core::cast_elements`]). Casts that keep every value
+    /// are always allowed.
     pub allow_lossy_cast: bool,
 }
 
@@ -287,8 +287,9 @@ pub struct PyTreeRestore {
     /// Key paths of the leaves or subtrees to restore. `None` selects every
     /// leaf that the restore arguments cover.
     pub key_paths: Option<Vec<KeyPath>>,
-    /// How the restore arguments' keys must match the checkpoint's keys,
-    /// and whether a key path the checkpoint lacks is an error.
+    /// The rule for matching the restore arguments' keys with the
+    /// checkpoint's keys, which also decides whether a key path the
+    /// checkpoint lacks is an error.
     pub key_match: KeyMatch,
 }
 

@@ -339,8 +339,8 @@ impl Controller {
     /// a time: `read_box` returns the bytes of one box, and each host's
     /// distinct boxes are sent to it before the next host's are read.
     ///
-    /// The controller so holds one host's boxes at a time, never the global
-    /// array, unless a single host holds all of it.
+    /// So the controller keeps one host's boxes in memory at a time, never
+    /// the global array, unless a single host needs all of it.
     pub fn put_from_boxes<E>(
         &self,
         spec: ArraySpec,

@@ -210,8 +210,8 @@ impl HostState {
     }
 
     /// Reads the boxes of this host's devices for each item. Each distinct
-    /// box is read once, however many local devices hold it, and each
-    /// chunk once for all of them; replicas get copies of the box.
+    /// box is read once, however many local devices need it, and each
+    /// chunk once for all of them. Replicas get copies of the box.
     fn restore_shards(
         &mut self,
         item: &Store,

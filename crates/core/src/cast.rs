@@ -49,7 +49,7 @@ impl CastKind {
 ///
 /// Float to integer truncates toward zero. NumPy leaves NaN, infinities
 /// and out-of-range values undefined there (x86 returns the minimum
-/// integer); here NaN becomes 0 and the others saturate at the target's
+/// integer). Here NaN becomes 0 and the others saturate at the target's
 /// minimum or maximum, so -1.0 becomes 0 in an unsigned type.
 ///
 /// Lossy casts convert too; check [`CastKind::of`] first where a lossy
@@ -137,7 +137,7 @@ fn keeps_every_value(from: Kind, to: Kind) -> bool {
         }
         (Kind::Int { bits, signed }, Kind::Float(format) | Kind::Complex(format)) => {
             // The largest magnitude is 2^(bits-1) for signed types, a power
-            // of two, and 2^bits - 1 for unsigned ones; every smaller
+            // of two, and 2^bits - 1 for unsigned ones. Every smaller
             // integer needs at most this many significant bits.
             let magnitude_bits = if signed { bits - 1 } else { bits };
             magnitude_bits <= format.precision() && i32::try_from(magnitude_bits).is_ok_and(|b| b <= format.max_exponent())
@@ -372,7 +372,7 @@ fn encode(value: Scalar, dtype: DType, out: &mut [u8]) {
         Kind::Int { .. } => {
             // Little-endian two's complement, cut to the target width. Int4
             // keeps its sign-extended value in the byte, so the low nibble
-            // holds the element.
+            // is the element.
             let bytes = to_integer(value, dtype).to_le_bytes();
             out.copy_from_slice(&bytes[..out.len()]);
         }
@@ -442,9 +442,9 @@ fn encode_float(format: FloatFormat, value: Scalar) -> u64 {
 }
 
 /// Returns the value as an f64 that converts to `format` with a single
-/// rounding: integers with more significant bits than `format` holds are
-/// rounded to its precision here, exactly, since an f64 could hold them
-/// only after a rounding of its own. Complex values give their real part.
+/// rounding. Integers with more significant bits than `format` has are
+/// rounded to its precision here, exactly, because an f64 could represent
+/// them only after a rounding of its own. Complex values give their real part.
 fn to_f64_or_rounded(value: Scalar, format: FloatFormat) -> f64 {
     match value {
         Scalar::Bool(value) => f64::from(u8::from(value)),
@@ -454,7 +454,7 @@ fn to_f64_or_rounded(value: Scalar, format: FloatFormat) -> f64 {
 }
 
 /// Rounds an integer to `precision` significant bits, ties to even, and
-/// returns it as an f64, which holds the result exactly for `precision <= 53`.
+/// returns it as an f64, which represents the result exactly for `precision <= 53`.
 fn round_integer(value: i128, precision: u32) -> f64 {
     let magnitude = value.unsigned_abs();
     let width = 128 - magnitude.leading_zeros();

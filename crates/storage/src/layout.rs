@@ -411,7 +411,7 @@ impl AnyZarr {
 }
 
 /// One region of an array to read, and the buffer it is read into: the
-/// region's elements in C order, in the dtype the read asks for.
+/// region's elements in C order, in the dtype the read requests.
 #[derive(Debug)]
 pub struct RegionRead<'a> {
     /// The region, in the array's global coordinates.
@@ -563,8 +563,8 @@ impl ArrayReader {
     }
 }
 
-/// Checks that a read's region lies inside the array and its buffer holds
-/// exactly the region in `dtype`.
+/// Checks that a read's region lies inside the array and that its buffer
+/// is exactly the size of the region in `dtype`.
 fn check_region_read(
     param_name: &str,
     stored: &StoredArray,

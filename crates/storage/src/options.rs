@@ -176,8 +176,8 @@ impl MultipartConfig {
     }
 }
 
-/// How [`crate::ObjectStoreBackend`] reads a large byte range: as parts
-/// fetched by concurrent range requests.
+/// The split of a large byte range that [`crate::ObjectStoreBackend`]
+/// reads into parts, fetched by concurrent range requests.
 ///
 /// The limit bounds the requests in flight for one read, not the memory:
 /// a read returns the whole range in one buffer either way.

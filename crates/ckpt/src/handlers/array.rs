@@ -370,9 +370,9 @@ fn saved_sharding(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Res
     })
 }
 
-/// Restores through the controller: it reads each host's boxes, converted
-/// to the target dtype, and sends them host by host; or it reads the whole
-/// array when the target is host memory.
+/// Restores through the controller. It reads each host's boxes, converted
+/// to the target dtype, and sends them host by host. When the leaf restores
+/// into host memory, it reads the whole array instead.
 fn restore_through_controller(context: &RestoreContext<'_>, entry: &RestoreEntry<'_>) -> Result<Leaf> {
     let stored = context.reader.array(entry.param_name)?;
     if restores_to_host(context, entry)? {

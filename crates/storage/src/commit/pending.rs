@@ -70,7 +70,7 @@ impl PendingCheckpoint {
         let store = parent.child(&work_name)?;
 
         // NOTE: an unfinished directory may also belong to a save of the same
-        // name that another process is still writing. Nothing here tells
+        // name that another process is still writing. Nothing here can tell
         // the two apart, so concurrent saves of one name can delete or
         // overwrite each other's files. Only one of them commits, but the
         // files under that commit may be mixed.

@@ -181,7 +181,7 @@ impl ZarrArray {
         }
     }
 
-    /// Reads and decodes one chunk into `dst`, which holds exactly one
+    /// Reads and decodes one chunk into `dst`, whose length is exactly one
     /// chunk, without allocating a chunk buffer of its own.
     ///
     /// Fails as [`ZarrArray::read_chunk`] does, and with
